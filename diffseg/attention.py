@@ -1,0 +1,180 @@
+"""Capture of the self-attention probabilities of a diffusers UNet during one forward pass.
+
+A `SelfAttentionCapture` installs a processor on every self-attention layer of a `UNet2DConditionModel`.
+The processor computes the attention output itself (so the probabilities are computed once and used
+twice), adds the head-averaged probabilities in fp32 to a running sum kept per token count, and leaves
+the layer's output unchanged up to rounding. Cross-attention layers keep their stock processor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from diffusers.models.attention_processor import Attention
+
+# Elements (not bytes) of one chunk of attention scores: 2**25 fp32 values are 128 MiB. Chunking over
+# queries bounds the working memory; the buffers are reused across layers and forwards because fresh
+# multi-hundred-MiB allocations cost more in page faults than the matmuls they hold.
+CHUNK_ELEMENTS = 2**25
+
+
+class SelfAttentionCapture:
+    """Per-resolution mean self-attention of a UNet forward, as `(B, h, w, h, w)` tensors.
+
+    Usage::
+
+        capture = SelfAttentionCapture(unet)
+        capture.reset()
+        unet(latents, t, encoder_hidden_states=context)
+        maps = capture.maps(latents.shape[-2:])  # finest grid first
+
+    Each returned map is fp32, query dims first, averaged over the heads of a layer and over the layers
+    that share its token count; every key map `maps[i][b, y, x]` sums to 1.
+    """
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        self.layers = [m for m in unet.modules() if isinstance(m, Attention) and not m.is_cross_attention]
+        if not self.layers:
+            raise ValueError("the model has no self-attention layers to capture")
+        self._sums: dict[int, torch.Tensor] = {}
+        self._counts: dict[int, int] = {}
+        self._buffers: dict[tuple, torch.Tensor] = {}
+        processor = _CaptureProcessor(self)
+        for layer in self.layers:
+            layer.set_processor(processor)
+
+    def reset(self) -> None:
+        """Forget the maps of the previous forward (keeps the scratch buffers)."""
+        self._sums.clear()
+        self._counts.clear()
+
+    def release(self) -> None:
+        """Free the captured maps and the scratch buffers."""
+        self.reset()
+        self._buffers.clear()
+
+    @torch.inference_mode()
+    def maps(self, latent_size: tuple[int, int]) -> list[torch.Tensor]:
+        """Hand over the captured maps, finest first, for a forward on latents of spatial size `latent_size`.
+
+        The capture is empty afterwards. Token counts are matched to the grids the UNet produces from that size by repeated halving
+        (rounding up, as a stride-2 convolution with padding 1 does).
+        """
+        height, width = latent_size
+        grids = {}
+        while height * width not in grids:
+            grids[height * width] = (height, width)
+            height, width = math.ceil(height / 2), math.ceil(width / 2)
+        if not self._sums:
+            raise RuntimeError("nothing captured: run the UNet forward after reset()")
+        result = []
+        for tokens in sorted(self._sums, reverse=True):
+            if tokens not in grids:
+                raise ValueError(f"captured {tokens} tokens, which no grid of latents {latent_size} has")
+            h, w = grids[tokens]
+            mean = self._sums[tokens].div_(self._counts[tokens])
+            result.append(mean.view(mean.shape[0], h, w, h, w))
+        self.reset()
+        return result
+
+    def _running_sum(self, tokens: int, batch: int, device: torch.device) -> torch.Tensor:
+        """The fp32 sum to which one more layer with this token count is about to be added."""
+        if tokens in self._sums and self._sums[tokens].shape[0] != batch:
+            raise RuntimeError("a forward of another batch size followed without reset()")
+        if tokens not in self._sums:
+            self._sums[tokens] = torch.zeros(batch, tokens, tokens, dtype=torch.float32, device=device)
+            self._counts[tokens] = 0
+        self._counts[tokens] += 1
+        return self._sums[tokens]
+
+    def _buffer(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, tag: str) -> torch.Tensor:
+        key = (tag, dtype, device)
+        size = math.prod(shape)
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.numel() < size:
+            buffer = torch.empty(size, dtype=dtype, device=device)
+            self._buffers[key] = buffer
+        return buffer[:size].view(shape)
+
+
+class _CaptureProcessor:
+    """Attention processor for self-attention layers: stock math, plus probability capture."""
+
+    def __init__(self, capture: SelfAttentionCapture) -> None:
+        self.capture = capture
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        if attention_mask is not None or encoder_hidden_states is not None:
+            raise ValueError("self-attention capture supports unmasked self-attention only")
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        spatial_shape = None
+        if hidden_states.ndim == 4:
+            spatial_shape = hidden_states.shape
+            hidden_states = hidden_states.flatten(2).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        batch, tokens, _ = hidden_states.shape
+        heads = attn.heads
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(hidden_states)
+        value = attn.to_v(hidden_states)
+        head_dim = query.shape[-1] // heads
+        query = query.view(batch, tokens, heads, head_dim).transpose(1, 2)
+        key = key.view(batch, tokens, heads, head_dim).transpose(1, 2)
+        value = value.view(batch, tokens, heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        out = self._attend(attn, query, key, value)
+        hidden_states = attn.to_out[1](attn.to_out[0](out.transpose(1, 2).reshape(batch, tokens, -1)))
+
+        if spatial_shape is not None:
+            hidden_states = hidden_states.transpose(1, 2).reshape(spatial_shape)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+    def _attend(self, attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T * scale) v, chunked over queries, adding the head-mean probabilities to the capture."""
+        capture = self.capture
+        batch, heads, tokens, _ = query.shape
+        device, dtype = query.device, query.dtype
+        score_dtype = torch.float32 if attn.upcast_attention else dtype
+        key_t = (key.to(score_dtype) * attn.scale).transpose(-1, -2)
+        total = capture._running_sum(tokens, batch, device)
+        out = torch.empty_like(query)
+        chunk = max(1, min(tokens, CHUNK_ELEMENTS // (batch * heads * tokens)))
+        for start in range(0, tokens, chunk):
+            stop = min(start + chunk, tokens)
+            shape = (batch, heads, stop - start, tokens)
+            scores = capture._buffer(shape, score_dtype, device, "scores")
+            torch.matmul(query[:, :, start:stop].to(score_dtype), key_t, out=scores)
+            if score_dtype == torch.float32:
+                probs = torch.softmax(scores, dim=-1, out=scores)
+            else:
+                probs = capture._buffer(shape, torch.float32, device, "probs")
+                torch.softmax(scores, dim=-1, dtype=torch.float32, out=probs)
+            rows = total[:, start:stop]
+            for head in range(heads):
+                rows.add_(probs[:, head], alpha=1.0 / heads)
+            if dtype == torch.float32:
+                out[:, :, start:stop] = torch.matmul(probs, value)
+            else:
+                low = scores if scores.dtype == dtype else capture._buffer(shape, dtype, device, "low")
+                low.copy_(probs)
+                out[:, :, start:stop] = torch.matmul(low, value)
+        return out

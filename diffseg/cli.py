@@ -1,0 +1,124 @@
+"""`python -m diffseg segment`: label maps and overlays for image files and folders."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .config import CROP_MODES, DiffSegConfig
+from .model import DEFAULT_MODEL, ModelLoadError
+from .preprocess import MAX_PIXELS, PreparedImage
+from .segmenter import DiffSeg
+from .visualize import label_image, overlay, to_image
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 all done, 1 some images skipped, 2 usage or model error)."""
+    args = _parser().parse_args(argv)
+    try:
+        config = DiffSegConfig(kl_threshold=args.kl_threshold, num_points=args.num_points, timestep=args.timestep,
+                               resolution=args.resolution, crop=args.crop, refine=args.refine)
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+        jobs = list(_inputs(args.inputs))
+        segmenter = DiffSeg.from_pretrained(args.model, config=config, device=args.device,
+                                            dtype=DTYPES[args.dtype] if args.dtype else None,
+                                            max_pixels=args.max_pixels)
+    except (ValueError, ModelLoadError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not jobs:
+        print("error: no image files found in the inputs", file=sys.stderr)
+        return 2
+    return _run(segmenter, jobs, Path(args.out), args.batch_size)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m diffseg", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    seg = commands.add_parser("segment", help="segment image files or folders (recursive)")
+    seg.add_argument("inputs", nargs="+", help="image files or folders")
+    seg.add_argument("--out", required=True, help="folder for NAME.mask.png and NAME.overlay.png")
+    seg.add_argument("--model", default=DEFAULT_MODEL,
+                     help=f"Hub id, local diffusers folder, or 'tiny' (default {DEFAULT_MODEL})")
+    seg.add_argument("--kl-threshold", type=_thresholds, default=DiffSegConfig.kl_threshold,
+                     help="merge threshold, or one per pass comma-separated (default 1.1)")
+    seg.add_argument("--num-points", type=int, default=DiffSegConfig.num_points, help="anchor grid side")
+    seg.add_argument("--timestep", type=int, default=DiffSegConfig.timestep)
+    seg.add_argument("--resolution", type=int, default=DiffSegConfig.resolution,
+                     help="processing size of the longer side, a multiple of 64")
+    seg.add_argument("--crop", choices=CROP_MODES, default=DiffSegConfig.crop)
+    seg.add_argument("--refine", action="store_true", help="K-Means refinement of the merged segments")
+    seg.add_argument("--batch-size", type=int, default=1)
+    seg.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    seg.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                     help="model precision (default: float16 on cuda, float32 on cpu)")
+    seg.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse larger images")
+    return parser
+
+
+def _thresholds(text: str) -> float | tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or comma-separated numbers: {text!r}") from None
+    return values[0] if len(values) == 1 else values
+
+
+def _inputs(paths: Sequence[str]) -> Iterator[tuple[Path, str]]:
+    """(file, output name without suffix) for every image file given or found under a folder, sorted."""
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+                yield file, file.relative_to(path).with_suffix("").as_posix()
+        elif path.exists():
+            yield path, path.stem
+        else:
+            raise ValueError(f"no such file or folder: {text}")
+
+
+def _run(segmenter: DiffSeg, jobs: list[tuple[Path, str]], out: Path, batch_size: int) -> int:
+    names = _unique_names(jobs)
+    window = batch_size * 8
+    skipped = 0
+    with tqdm(total=len(jobs), unit="img", file=sys.stderr) as progress:
+        for start in range(0, len(jobs), window):
+            prepared: list[tuple[PreparedImage, str]] = []
+            for (file, _), name in zip(jobs[start:start + window], names[start:start + window]):
+                try:
+                    prepared.append((segmenter.prepare(file), name))
+                except ValueError as error:
+                    skipped += 1
+                    progress.write(f"skipped {error}", file=sys.stderr)
+                    progress.update()
+            labels = segmenter.segment_prepared([image for image, _ in prepared], batch_size)
+            for (image, name), mask in zip(prepared, labels):
+                _save(out, name, image, mask)
+                progress.update()
+    done = len(jobs) - skipped
+    print(f"segmented {done} image(s), skipped {skipped}; masks in {out}", file=sys.stderr)
+    return 1 if skipped else 0
+
+
+def _unique_names(jobs: list[tuple[Path, str]]) -> list[str]:
+    """Output names; two inputs that share a name (a.jpg, a.png) keep their suffix in it."""
+    counts: dict[str, int] = {}
+    for _, name in jobs:
+        counts[name] = counts.get(name, 0) + 1
+    return [name if counts[name] == 1 else f"{name}{file.suffix}" for file, name in jobs]
+
+
+def _save(out: Path, name: str, image: PreparedImage, labels: torch.Tensor) -> None:
+    target = out / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    label_image(labels).save(target.with_name(target.name + ".mask.png"))
+    overlay(to_image(image.pixels), labels).save(target.with_name(target.name + ".overlay.png"))

@@ -1,0 +1,89 @@
+"""Iterative attention merging: from anchor points to object proposals by symmetric KL distance."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+# Probabilities are clamped to this before `log`, so empty key cells do not give -inf.
+EPS = 1e-10
+
+
+def anchor_grid(height: int, width: int, num_points: int) -> torch.Tensor:
+    """Flat indices `y*width + x` of the anchor points on an `height x width` query grid.
+
+    The official grid for a 64x64 grid and M points per side has step `s = 63 // (M-1)`, span
+    `t = s*(M-1)` and starts at `(63-t)//2` (1, 5, ..., 61 for M = 16). An oblong grid uses the step of
+    its longer side on both axes, centered the same way, so anchors stay evenly spaced.
+    """
+    longest = max(height, width)
+    step = max(1, (longest - 1) // (num_points - 1))
+
+    def axis(size: int) -> torch.Tensor:
+        count = (size - 1) // step + 1 if size > 1 else 1
+        count = min(count, num_points)
+        span = step * (count - 1)
+        return (size - 1 - span) // 2 + step * torch.arange(count)
+
+    ys, xs = axis(height), axis(width)
+    return (ys[:, None] * width + xs[None, :]).reshape(-1)
+
+
+def symmetric_kl(p: torch.Tensor, q: torch.Tensor, log_p: torch.Tensor | None = None,
+                 log_q: torch.Tensor | None = None) -> torch.Tensor:
+    """`D[i, j] = 0.5 * (KL(p_i || q_j) + KL(q_j || p_i))` for rows of `p (m, n)` and `q (k, n)`.
+
+    Computed in fp32 (or wider) with matrix products; `log_p` / `log_q` may be passed when already known.
+    Returns `(m, k)`.
+    """
+    if p.dtype not in (torch.float32, torch.float64) or q.dtype != p.dtype:
+        raise ValueError("symmetric_kl needs fp32 or fp64 inputs of one dtype")
+    log_p = p.clamp_min(EPS).log() if log_p is None else log_p
+    log_q = q.clamp_min(EPS).log() if log_q is None else log_q
+    self_p = (p * log_p).sum(dim=1)
+    self_q = (q * log_q).sum(dim=1)
+    cross = p @ log_q.T + (q @ log_p.T).T
+    return 0.5 * (self_p[:, None] + self_q[None, :] - cross)
+
+
+def merge(attention: torch.Tensor, grid: tuple[int, int], num_points: int,
+          thresholds: Sequence[float]) -> torch.Tensor:
+    """Merge the `(N, N)` aggregated attention of one image into `(K, N)` proposals.
+
+    Pass 0: each anchor becomes the mean of all N maps within `thresholds[0]` of it. Passes 1.. : walk
+    the proposals in order, skip one already matched, otherwise emit the mean of every proposal within
+    the pass's threshold of it (matched ones included) and mark those matched.
+
+    Args:
+        attention: fp32 `(N, N)`, row `y*W + x` the key distribution of query cell (y, x).
+        grid: `(H, W)` with `H * W = N`.
+        num_points: anchor grid side, see `anchor_grid`.
+        thresholds: one threshold per pass.
+    """
+    log_attention = attention.clamp_min(EPS).log()
+    anchors = anchor_grid(*grid, num_points).to(attention.device)
+    distance = symmetric_kl(attention[anchors], attention, log_attention[anchors], log_attention)
+    members = distance < thresholds[0]
+    # An anchor always belongs to its own group, whatever rounding does to its zero distance.
+    members[torch.arange(len(anchors)), anchors] = True
+    members = members.to(attention.dtype)
+    proposals = (members @ attention) / members.sum(dim=1, keepdim=True)
+    for threshold in thresholds[1:]:
+        proposals = _merge_pass(proposals, threshold)
+    return proposals
+
+
+def _merge_pass(proposals: torch.Tensor, threshold: float) -> torch.Tensor:
+    close = (symmetric_kl(proposals, proposals) < threshold).cpu()
+    matched = torch.zeros(len(proposals), dtype=torch.bool)
+    groups = []
+    for i in range(len(proposals)):
+        if matched[i]:
+            continue
+        group = close[i].clone()
+        group[i] = True
+        matched |= group
+        groups.append(group)
+    members = torch.stack(groups).to(device=proposals.device, dtype=proposals.dtype)
+    return (members @ proposals) / members.sum(dim=1, keepdim=True)
