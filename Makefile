@@ -4,7 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_CPU := torch==2.13.0
 
-.PHONY: install test test-fast bench clean
+.PHONY: install demo test test-fast bench clean
+
+MODEL ?= CompVis/stable-diffusion-v1-4
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +19,13 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
+# Segments the bundled sample photographs (samples/) into masks/.
+demo: install
+	@$(BIN)/python -m diffseg segment samples --out masks --model "$(MODEL)"; status=$$?; \
+	if [ $$status -eq 2 ]; then echo "For a smoke run without weights: make demo MODEL=tiny" >&2; \
+	elif [ $$status -eq 0 ]; then echo "View them: masks/NAME.overlay.png (colored preview), masks/NAME.mask.png (labels)"; fi; \
+	exit $$status
+
 test: install
 	$(BIN)/python -m pytest -q
 
@@ -27,4 +36,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_core.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache masks

@@ -44,14 +44,19 @@ def aggregate(maps: Sequence[torch.Tensor], weights: Sequence[float] | None = No
         if height % h or width % w:
             raise ValueError(f"attention grid {h}x{w} does not divide the finest grid {height}x{width}")
 
-    out = torch.zeros(height * width, height * width, dtype=torch.float32, device=maps[0].device)
-    for m, weight in zip(maps, resolution_weights(grids, weights)):
-        h, w = m.shape[:2]
-        keys = m.reshape(h * w, 1, h, w).float()
+    out = torch.empty(height * width, height * width, dtype=torch.float32, device=maps[0].device)
+    order = sorted(range(len(maps)), key=lambda i: -grids[i][0] * grids[i][1])
+    weights = resolution_weights(grids, weights)
+    for rank, i in enumerate(order):
+        (h, w), weight = grids[i], weights[i]
+        keys = maps[i].reshape(h * w, 1, h, w).float()
         if (h, w) != (height, width):
             keys = F.interpolate(keys, size=(height, width), mode="bilinear", align_corners=False)
         keys = keys.reshape(h, 1, w, 1, height * width)
-        keys = keys / keys.sum(dim=-1, keepdim=True)
-        # Broadcasting into the block view repeats each coarse query row over its block of fine queries.
-        out.view(h, height // h, w, width // w, height * width).add_(keys, alpha=weight)
+        scale = keys.sum(dim=-1, keepdim=True).div_(weight)
+        if rank == 0:  # the finest grid fills `out` directly
+            torch.div(keys, scale, out=out.view(h, 1, w, 1, height * width))
+        else:
+            # Broadcasting into the block view repeats each coarse query row over its block of fine queries.
+            out.view(h, height // h, w, width // w, height * width).add_(keys / scale)
     return out

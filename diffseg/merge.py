@@ -39,10 +39,10 @@ def symmetric_kl(p: torch.Tensor, q: torch.Tensor, log_p: torch.Tensor | None = 
     """
     if p.dtype not in (torch.float32, torch.float64) or q.dtype != p.dtype:
         raise ValueError("symmetric_kl needs fp32 or fp64 inputs of one dtype")
-    log_p = p.clamp_min(EPS).log() if log_p is None else log_p
-    log_q = q.clamp_min(EPS).log() if log_q is None else log_q
-    self_p = (p * log_p).sum(dim=1)
-    self_q = (q * log_q).sum(dim=1)
+    log_p = p.clamp_min(EPS).log_() if log_p is None else log_p
+    log_q = q.clamp_min(EPS).log_() if log_q is None else log_q
+    self_p = torch.einsum("ij,ij->i", p, log_p)
+    self_q = torch.einsum("ij,ij->i", q, log_q)
     cross = p @ log_q.T + (q @ log_p.T).T
     return 0.5 * (self_p[:, None] + self_q[None, :] - cross)
 
@@ -61,7 +61,7 @@ def merge(attention: torch.Tensor, grid: tuple[int, int], num_points: int,
         num_points: anchor grid side, see `anchor_grid`.
         thresholds: one threshold per pass.
     """
-    log_attention = attention.clamp_min(EPS).log()
+    log_attention = attention.clamp_min(EPS).log_()
     anchors = anchor_grid(*grid, num_points).to(attention.device)
     distance = symmetric_kl(attention[anchors], attention, log_attention[anchors], log_attention)
     members = distance < thresholds[0]

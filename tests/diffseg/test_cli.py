@@ -1,0 +1,75 @@
+"""`python -m diffseg segment` as a user runs it: a real subprocess on real files."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import photo
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "diffseg", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+@pytest.mark.integration
+def test_a_folder_with_good_and_corrupt_files(tmp_path):
+    inputs = tmp_path / "photos"
+    (inputs / "nested").mkdir(parents=True)
+    photo(333, 517, seed=1).save(inputs / "tall.jpg")
+    photo(96, 64, seed=2).save(inputs / "nested" / "small.png")
+    (inputs / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    (inputs / "empty.png").write_bytes(b"")
+    (inputs / "notes.txt").write_text("not an image, not an input")
+    out = tmp_path / "masks"
+
+    result = run("segment", str(inputs), "--out", str(out), "--model", "tiny", "--batch-size", "2")
+
+    assert result.returncode == 1, result.stderr
+    assert "skipped" in result.stderr and "corrupt.jpg" in result.stderr and "empty.png" in result.stderr
+    assert "segmented 2 image(s), skipped 2" in result.stderr
+    assert "Traceback" not in result.stderr
+    mask = Image.open(out / "tall.mask.png")
+    assert mask.size == (333, 517) and mask.mode == "L"
+    assert Image.open(out / "nested" / "small.mask.png").size == (96, 64)
+    overlay = Image.open(out / "tall.overlay.png")
+    assert overlay.mode == "RGB" and overlay.size == (320, 512)
+    assert np.asarray(mask).max() > 0
+    assert sorted(p.name for p in out.rglob("*.png")) == sorted(
+        ["tall.mask.png", "tall.overlay.png", "small.mask.png", "small.overlay.png"])
+
+
+@pytest.mark.integration
+def test_all_good_files_exit_zero_with_settings(tmp_path):
+    image = tmp_path / "a.png"
+    photo(128, 128).save(image)
+    result = run("segment", str(image), "--out", str(tmp_path / "out"), "--model", "tiny",
+                 "--kl-threshold", "0.9,1.0,1.1", "--crop", "center", "--resolution", "128", "--refine")
+    assert result.returncode == 0, result.stderr
+    assert Image.open(tmp_path / "out" / "a.mask.png").size == (128, 128)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--kl-threshold", "high"], "not a number"),
+    (["--resolution", "500"], "multiple of 64"),
+    (["--model", "acme/not-cached"], "cannot load model 'acme/not-cached'"),
+])
+def test_bad_settings_are_one_line_and_exit_two(tmp_path, args, message):
+    image = tmp_path / "a.png"
+    photo(64, 64).save(image)
+    result = run("segment", str(image), "--out", str(tmp_path / "out"), *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_missing_input_is_reported(tmp_path):
+    result = run("segment", str(tmp_path / "nothing.jpg"), "--out", str(tmp_path / "out"), "--model", "tiny")
+    assert result.returncode == 2 and "no such file or folder" in result.stderr
