@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -87,26 +88,39 @@ def _inputs(paths: Sequence[str]) -> Iterator[tuple[Path, str]]:
 
 
 def _run(segmenter: DiffSeg, jobs: list[tuple[Path, str]], out: Path, batch_size: int) -> int:
-    names = _unique_names(jobs)
-    window = batch_size * 8
+    """Segment and save every job; images wait in one bucket per processing size until a batch is full,
+    so only the last batch of each size is short."""
+    buckets: dict[tuple[int, ...], list[tuple[PreparedImage, str]]] = defaultdict(list)
     skipped = 0
     with tqdm(total=len(jobs), unit="img", file=sys.stderr) as progress:
-        for start in range(0, len(jobs), window):
-            prepared: list[tuple[PreparedImage, str]] = []
-            for (file, _), name in zip(jobs[start:start + window], names[start:start + window]):
-                try:
-                    prepared.append((segmenter.prepare(file), name))
-                except ValueError as error:
-                    skipped += 1
-                    progress.write(f"skipped {error}", file=sys.stderr)
-                    progress.update()
-            labels = segmenter.segment_prepared([image for image, _ in prepared], batch_size)
-            for (image, name), mask in zip(prepared, labels):
-                _save(out, name, image, mask)
+        for (file, _), name in zip(jobs, _unique_names(jobs)):
+            try:
+                image = segmenter.prepare(file)
+            except ValueError as error:
+                skipped += 1
+                progress.write(f"skipped {error}", file=sys.stderr)
                 progress.update()
-    done = len(jobs) - skipped
-    print(f"segmented {done} image(s), skipped {skipped}; masks in {out}", file=sys.stderr)
+                continue
+            bucket = buckets[tuple(image.pixels.shape)]
+            bucket.append((image, name))
+            if len(bucket) == batch_size:
+                _segment_and_save(segmenter, bucket, out, progress, batch_size)
+        for bucket in buckets.values():
+            _segment_and_save(segmenter, bucket, out, progress, batch_size)
+    print(f"segmented {len(jobs) - skipped} image(s), skipped {skipped}; masks in {out}", file=sys.stderr)
     return 1 if skipped else 0
+
+
+def _segment_and_save(segmenter: DiffSeg, bucket: list[tuple[PreparedImage, str]], out: Path,
+                      progress: tqdm, batch_size: int) -> None:
+    """Segment the bucket (one batch, padded if short), save its masks and overlays, and empty it."""
+    if not bucket:
+        return
+    labels = segmenter.segment_prepared([image for image, _ in bucket], batch_size)
+    for (image, name), mask in zip(bucket, labels):
+        _save(out, name, image, mask)
+    progress.update(len(bucket))
+    bucket.clear()
 
 
 def _unique_names(jobs: list[tuple[Path, str]]) -> list[str]:
