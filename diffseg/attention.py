@@ -153,17 +153,20 @@ class _CaptureProcessor:
         capture = self.capture
         batch, heads, tokens, _ = query.shape
         device, dtype = query.device, query.dtype
-        score_dtype = torch.float32 if attn.upcast_attention else dtype
-        key_t = (key.to(score_dtype) * attn.scale).transpose(-1, -2)
+        # Probabilities are wanted in fp32 anyway. On CPU, fp32 products are also faster than casting them
+        # back to bf16 for the value product; on GPUs the half-precision products are much faster.
+        work = torch.float32 if attn.upcast_attention or device.type == "cpu" else dtype
+        key_t = (key.to(work) * attn.scale).transpose(-1, -2)
+        value = value.to(work)
         total = capture._running_sum(tokens, batch, device)
         out = torch.empty_like(query)
         chunk = max(1, min(tokens, CHUNK_ELEMENTS // (batch * heads * tokens)))
         for start in range(0, tokens, chunk):
             stop = min(start + chunk, tokens)
             shape = (batch, heads, stop - start, tokens)
-            scores = capture._buffer(shape, score_dtype, device, "scores")
-            torch.matmul(query[:, :, start:stop].to(score_dtype), key_t, out=scores)
-            if score_dtype == torch.float32:
+            scores = capture._buffer(shape, work, device, "scores")
+            torch.matmul(query[:, :, start:stop].to(work), key_t, out=scores)
+            if work == torch.float32:
                 probs = torch.softmax(scores, dim=-1, out=scores)
             else:
                 probs = capture._buffer(shape, torch.float32, device, "probs")
@@ -171,10 +174,7 @@ class _CaptureProcessor:
             rows = total[:, start:stop]
             for head in range(heads):
                 rows.add_(probs[:, head], alpha=1.0 / heads)
-            if dtype == torch.float32:
-                out[:, :, start:stop] = torch.matmul(probs, value)
-            else:
-                low = scores if scores.dtype == dtype else capture._buffer(shape, dtype, device, "low")
-                low.copy_(probs)
-                out[:, :, start:stop] = torch.matmul(low, value)
+            if work != torch.float32:
+                probs = scores.copy_(probs)
+            out[:, :, start:stop] = torch.matmul(probs, value)
         return out
