@@ -49,17 +49,12 @@ class SelfAttentionCapture:
         self._sums.clear()
         self._counts.clear()
 
-    def release(self) -> None:
-        """Free the captured maps and the scratch buffers."""
-        self.reset()
-        self._buffers.clear()
-
     @torch.inference_mode()
     def maps(self, latent_size: tuple[int, int]) -> list[torch.Tensor]:
         """Hand over the captured maps, finest first, for a forward on latents of spatial size `latent_size`.
 
-        The capture is empty afterwards. Token counts are matched to the grids the UNet produces from that size by repeated halving
-        (rounding up, as a stride-2 convolution with padding 1 does).
+        The capture is empty afterwards. Token counts are matched to the grids the UNet produces from that
+        size by repeated halving (rounding up, as a stride-2 convolution with padding 1 does).
         """
         height, width = latent_size
         grids = {}

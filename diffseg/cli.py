@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -125,9 +125,7 @@ def _segment_and_save(segmenter: DiffSeg, bucket: list[tuple[PreparedImage, str]
 
 def _unique_names(jobs: list[tuple[Path, str]]) -> list[str]:
     """Output names; two inputs that share a name (a.jpg, a.png) keep their suffix in it."""
-    counts: dict[str, int] = {}
-    for _, name in jobs:
-        counts[name] = counts.get(name, 0) + 1
+    counts = Counter(name for _, name in jobs)
     return [name if counts[name] == 1 else f"{name}{file.suffix}" for file, name in jobs]
 
 

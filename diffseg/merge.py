@@ -66,7 +66,7 @@ def merge(attention: torch.Tensor, grid: tuple[int, int], num_points: int,
     distance = symmetric_kl(attention[anchors], attention, log_attention[anchors], log_attention)
     members = distance < thresholds[0]
     # An anchor always belongs to its own group, whatever rounding does to its zero distance.
-    members[torch.arange(len(anchors)), anchors] = True
+    members[torch.arange(len(anchors), device=members.device), anchors] = True
     members = members.to(attention.dtype)
     proposals = (members @ attention) / members.sum(dim=1, keepdim=True)
     for threshold in thresholds[1:]:

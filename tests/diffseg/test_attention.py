@@ -1,5 +1,7 @@
 """Self-attention capture on a real diffusers UNet."""
 
+from collections import Counter
+
 import pytest
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
@@ -122,11 +124,13 @@ def test_full_size_sd15_unet_capture():
     unet = builtin.build("sd15-random").unet
     latents, t, context = unet_inputs(unet, 64, 64, batch=1)
     stock(unet)
+    counts = Counter()
     with torch.inference_mode():
         expected = unet(latents, t, encoder_hidden_states=context).sample
         capture = SelfAttentionCapture(unet)
+        for layer in capture.layers:
+            layer.register_forward_pre_hook(lambda module, args: counts.update([args[0].shape[1]]))
         captured = unet(latents, t, encoder_hidden_states=context).sample
-        counts = dict(capture._counts)
         maps = capture.maps((64, 64))
     torch.testing.assert_close(captured, expected, atol=1e-4, rtol=1e-3)
     assert counts == {4096: 5, 1024: 5, 256: 5, 64: 1}
