@@ -117,7 +117,7 @@ def _read(opened: Image.Image, resolution: int, max_pixels: int) -> tuple[Image.
 def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in _SIXTEEN_BIT:
         values = np.asarray(image, dtype=np.float64)
-        return Image.fromarray(np.clip(values / 257.0, 0, 255).round().astype(np.uint8), "L").convert("RGB")
+        return Image.fromarray(np.clip(values / 257.0, 0, 255).round().astype(np.uint8)).convert("RGB")
     if image.mode in ("P", "PA"):
         image = image.convert("RGBA")
     return image.convert("RGB")

@@ -15,8 +15,8 @@ def label_image(labels: torch.Tensor) -> Image.Image:
     if array.min(initial=0) < 0 or array.max(initial=0) >= 2**16:
         raise ValueError("labels must be in 0..65535 to be stored as an image")
     if array.max(initial=0) < 256:
-        return Image.fromarray(array.astype(np.uint8), mode="L")
-    return Image.fromarray(array.astype(np.uint16), mode="I;16")
+        return Image.fromarray(array.astype(np.uint8))
+    return Image.fromarray(array.astype(np.uint16))  # Pillow maps uint16 to mode I;16
 
 
 def palette(count: int) -> np.ndarray:
@@ -32,10 +32,10 @@ def overlay(image: Image.Image, labels: torch.Tensor, alpha: float = 0.5) -> Ima
     resized = label_image(labels).resize(image.size, Image.Resampling.NEAREST)
     array = np.asarray(resized).astype(np.int64)
     colors = palette(int(labels.max()) + 1)[array]
-    return Image.blend(image.convert("RGB"), Image.fromarray(colors, mode="RGB"), alpha)
+    return Image.blend(image.convert("RGB"), Image.fromarray(colors), alpha)
 
 
 def to_image(pixels: torch.Tensor) -> Image.Image:
     """The RGB image of model input pixels `(3, h, w)` in [-1, 1]."""
     array = ((pixels.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return Image.fromarray(array.permute(1, 2, 0).numpy(), mode="RGB")
+    return Image.fromarray(array.permute(1, 2, 0).numpy())
