@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("--out", required=True, help="folder for NAME.mask.png and NAME.overlay.png")
     seg.add_argument("--model", default=DEFAULT_MODEL,
                      help=f"Hub id, local diffusers folder, or 'tiny' (default {DEFAULT_MODEL})")
-    seg.add_argument("--kl-threshold", type=_thresholds, default=DiffSegConfig.kl_threshold,
+    seg.add_argument("--kl-threshold", type=parse_thresholds, default=DiffSegConfig.kl_threshold,
                      help="merge threshold, or one per pass comma-separated (default 1.1)")
     seg.add_argument("--num-points", type=int, default=DiffSegConfig.num_points, help="anchor grid side")
     seg.add_argument("--timestep", type=int, default=DiffSegConfig.timestep)
@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _thresholds(text: str) -> float | tuple[float, ...]:
+def parse_thresholds(text: str) -> float | tuple[float, ...]:
     try:
         values = tuple(float(part) for part in text.split(","))
     except ValueError:

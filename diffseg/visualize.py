@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import colorsys
+import io
 
 import numpy as np
 import torch
@@ -17,6 +18,13 @@ def label_image(labels: torch.Tensor) -> Image.Image:
     if array.max(initial=0) < 256:
         return Image.fromarray(array.astype(np.uint8))
     return Image.fromarray(array.astype(np.uint16))  # Pillow maps uint16 to mode I;16
+
+
+def label_png(labels: torch.Tensor) -> bytes:
+    """The label map as PNG bytes (see `label_image`); decode with `PIL.Image.open` and `np.asarray`."""
+    buffer = io.BytesIO()
+    label_image(labels).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 def palette(count: int) -> np.ndarray:

@@ -2,7 +2,13 @@ import os
 
 # Tests never reach the Hub: every model comes from memory, a temp folder or a temp Hub cache.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Ray >= 2.59 turns token auth on for clusters it starts but not for `ray job submit`; every Ray process
+# of the tests (clusters, drivers, job submission) inherits this, so all sides agree.
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
+import tempfile  # noqa: E402
+import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -10,6 +16,7 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from diffseg import DiffSeg, builtin  # noqa: E402
+from tests.cluster import start_moto, start_ray_head, stop  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +47,39 @@ def photo(width: int, height: int, seed: int = 0) -> Image.Image:
         array[inside] = color
     array += rng.normal(0, 60, array.shape)
     return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), mode="RGB")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory) -> str:
+    """A real S3 endpoint on loopback (moto server), reached through the standard AWS variables."""
+    process, endpoint = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                      AWS_DEFAULT_REGION="us-east-1")
+    yield endpoint
+    stop(process)
+
+
+@pytest.fixture
+def bucket(s3_endpoint) -> str:
+    """A new empty bucket; returns its name."""
+    import s3fs
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_endpoint) -> str:
+    """One local Ray cluster for the session (8 logical CPUs, small object store), joined by this process;
+    subprocess drivers join it through RAY_ADDRESS. Started after the S3 variables are set, so its workers
+    see the S3 endpoint. Returns its address."""
+    import ray
+
+    process, address, _ = start_ray_head(Path(tempfile.mkdtemp(prefix="dsray-")), cpus=8, object_store_mb=256)
+    os.environ["RAY_ADDRESS"] = address
+    ray.init(address=address, logging_level="WARNING")
+    yield address
+    ray.shutdown()
+    del os.environ["RAY_ADDRESS"]
+    stop(process)

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffseg.visualize import label_image, overlay, palette, to_image
+from diffseg.visualize import label_image, label_png, overlay, palette, to_image
 
 
 def roundtrip(image: Image.Image) -> np.ndarray:
@@ -41,3 +41,9 @@ def test_overlay_blends_the_label_colors_at_the_image_size():
     blended = np.asarray(overlay(image, labels, alpha=1.0))
     assert blended.shape == (8, 12, 3)
     assert np.array_equal(blended[0, 0], palette(2)[0]) and np.array_equal(blended[0, 11], palette(2)[1])
+
+
+def test_label_png_decodes_to_the_labels():
+    labels = torch.arange(12).reshape(3, 4)
+    decoded = np.asarray(Image.open(io.BytesIO(label_png(labels))))
+    assert np.array_equal(decoded, labels.numpy())

@@ -1,0 +1,112 @@
+"""Label a dataset of images with DiffSeg masks on a Ray cluster, exactly once, resumable.
+
+    ray job submit --working-dir . -- python jobs/label.py --input s3://bucket/images --output s3://bucket/masks
+    python jobs/label.py --input samples --output out/masks --model tiny      # local Ray
+
+The last line printed is a JSON summary. Exit status: 0 every shard written (images that could not be
+used are rows with status=error), 1 some shard failed for good, 2 bad arguments or the job could not start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+from diffseg import DEFAULT_MODEL, DiffSegConfig, ModelLoadError  # noqa: E402
+from diffseg.cli import parse_thresholds  # noqa: E402
+from diffseg.config import CROP_MODES  # noqa: E402
+from diffseg.preprocess import MAX_PIXELS  # noqa: E402
+from pipeline.driver import JobError, LabelJob, connect, run  # noqa: E402
+from pipeline.output import OutputConflict  # noqa: E402
+from pipeline.sources import FORMATS, InputError, ParquetColumns  # noqa: E402
+from pipeline.storage import StorageError, parse_storage_options  # noqa: E402
+from pipeline.worker import DTYPES  # noqa: E402
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad flags are one line on stderr and exit status 2 (argparse would print the usage first)."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The job's command-line interface."""
+    p = _Parser(prog="jobs/label.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", required=True,
+                   help="fsspec URL: folder of images (recursive), of WebDataset .tar shards, or of Parquet files")
+    p.add_argument("--output", required=True, help="fsspec URL of the output folder of mask Parquet files")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"Hub id, local diffusers folder, or 'tiny' "
+                                                           f"(default {DEFAULT_MODEL})")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
+    p.add_argument("--input-format", choices=FORMATS, default="auto",
+                   help="default: detected from the files found")
+    p.add_argument("--shard-size", type=int, default=1000, help="images per shard for image folders (default 1000)")
+    p.add_argument("--image-column", default=None, help="Parquet inputs: column of image bytes (default: image, jpg, ...)")
+    p.add_argument("--id-column", default=None, help="Parquet inputs: column of image ids (default: key, else FILE#ROW)")
+    p.add_argument("--num-actors", type=int, default=None,
+                   help="model replicas (default: one per GPU, or one per node without GPUs)")
+    p.add_argument("--gpus-per-actor", type=float, default=None,
+                   help="default: 1 when the cluster has GPUs, else 0; fractions share a GPU")
+    p.add_argument("--cpus-per-actor", type=float, default=None,
+                   help="default: 2 with GPUs, else the CPUs of the smallest node")
+    p.add_argument("--batch-size", type=int, default=1, help="images per UNet forward (default 1)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="model precision (default: float16 on GPU, float32 on CPU)")
+    p.add_argument("--kl-threshold", type=parse_thresholds, default=DiffSegConfig.kl_threshold,
+                   help="merge threshold, or one per pass comma-separated (default 1.1)")
+    p.add_argument("--num-points", type=int, default=DiffSegConfig.num_points, help="anchor grid side (default 16)")
+    p.add_argument("--timestep", type=int, default=DiffSegConfig.timestep, help="default 300")
+    p.add_argument("--resolution", type=int, default=DiffSegConfig.resolution,
+                   help="processing size of the longer side, a multiple of 64 (default 512)")
+    p.add_argument("--crop", choices=CROP_MODES, default=DiffSegConfig.crop, help="default none (whole image)")
+    p.add_argument("--refine", action="store_true", help="K-Means refinement of the merged segments")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="larger images become error rows")
+    p.add_argument("--max-retries", type=int, default=3, help="further attempts per failed shard (default 3)")
+    p.add_argument("--storage-options", default=None, help="JSON object of fsspec options for input and output")
+    p.add_argument("--address", default=None, help="Ray cluster address, or auto for a running local one (default: RAY_ADDRESS, else a new local Ray)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def job_from_args(args: argparse.Namespace) -> LabelJob:
+    """The `LabelJob` the parsed arguments describe; raises `ValueError` naming a bad value."""
+    for flag, value, least in (("--shard-size", args.shard_size, 1), ("--batch-size", args.batch_size, 1),
+                               ("--num-actors", args.num_actors, 1), ("--max-retries", args.max_retries, 0),
+                               ("--gpus-per-actor", args.gpus_per_actor, 0), ("--max-pixels", args.max_pixels, 1),
+                               ("--cpus-per-actor", args.cpus_per_actor, 0.001)):
+        if value is not None and value < least:
+            raise ValueError(f"{flag} must be at least {least:g}, got {value:g}")
+    config = DiffSegConfig(kl_threshold=args.kl_threshold, num_points=args.num_points, timestep=args.timestep,
+                           resolution=args.resolution, crop=args.crop, refine=args.refine)
+    return LabelJob(input=args.input, output=args.output, model=args.model, revision=args.revision, config=config,
+                    input_format=args.input_format, shard_size=args.shard_size,
+                    columns=ParquetColumns(image=args.image_column, id=args.id_column),
+                    num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
+                    batch_size=args.batch_size, dtype=args.dtype, max_pixels=args.max_pixels,
+                    max_retries=args.max_retries, storage_options=parse_storage_options(args.storage_options))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        job = job_from_args(args)
+        connect(args.address)
+        summary = run(job, progress=not args.no_progress)
+    except (ValueError, StorageError, OutputConflict, ModelLoadError, JobError, ConnectionError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{summary.images_ok} image(s) labeled, {summary.images_failed} failed, "
+          f"{summary.shards_written} shard(s) written, {summary.shards_skipped} already done, "
+          f"{summary.shards_failed} failed; masks in {summary.output}", file=sys.stderr)
+    print(json.dumps(summary.to_dict()), flush=True)
+    return 1 if summary.shards_failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

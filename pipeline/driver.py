@@ -1,0 +1,229 @@
+"""The labeling job's driver: plans shards, runs a pool of `LabelWorker` Ray actors over them, and reports.
+
+Exactly once: a shard is skipped when its `_done/` marker exists, and is otherwise (re)written whole
+under the same name, so re-running after any failure finishes the remaining shards without duplicates.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import ray
+from tqdm import tqdm
+
+from diffseg import DEFAULT_MODEL, DiffSegConfig, ModelLoadError
+from diffseg.preprocess import MAX_PIXELS
+
+from .output import OutputDataset
+from .sources import ParquetColumns, Shard, plan
+from .storage import Location
+from .worker import LabelWorker, Placement, WorkerSettings
+
+IN_FLIGHT_PER_ACTOR = 2
+"""Shards handed to an actor at once: one being segmented, one being read or written. More would let a
+slow actor hoard work; fewer would leave the model idle while a shard is uploaded."""
+
+
+@dataclass(frozen=True)
+class LabelJob:
+    """Everything that defines a labeling run."""
+
+    input: str
+    """fsspec URL of the input: a folder of images, of WebDataset `.tar` shards, or of Parquet files."""
+    output: str
+    """fsspec URL of the output folder (see `pipeline.output`)."""
+    model: str = DEFAULT_MODEL
+    revision: str | None = None
+    config: DiffSegConfig = field(default_factory=DiffSegConfig)
+    input_format: str = "auto"
+    """"auto", "images", "tar" or "parquet"."""
+    shard_size: int = 1000
+    """Images per shard for image-folder inputs."""
+    columns: ParquetColumns = field(default_factory=ParquetColumns)
+    num_actors: int | None = None
+    """Model replicas; None: one per GPU (per `gpus_per_actor`), or one per node without GPUs."""
+    gpus_per_actor: float | None = None
+    """None: 1 when the cluster has GPUs, else 0 (CPU)."""
+    cpus_per_actor: float | None = None
+    """None: 2 for GPU actors; the CPUs of the smallest node for CPU actors."""
+    batch_size: int = 1
+    dtype: str | None = None
+    max_pixels: int = MAX_PIXELS
+    max_retries: int = 3
+    """Further attempts for a shard whose attempt failed (actor died, storage error) before giving up."""
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class Summary:
+    """What a run did; `to_dict()` is the job's last output line."""
+
+    images_ok: int = 0
+    images_failed: int = 0
+    shards_written: int = 0
+    shards_skipped: int = 0
+    shards_failed: int = 0
+    retries: int = 0
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    output: str = ""
+    run_id: str = ""
+    failed: list[dict[str, str]] = field(default_factory=list)
+    """`{"shard": name, "error": last error}` for each shard that failed for good."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "seconds": round(self.seconds, 3),
+                "images_per_second": round(self.images_per_second, 3)}
+
+
+class JobError(RuntimeError):
+    """The job cannot start; the message says why in one line."""
+
+
+def connect(address: str | None = None) -> None:
+    """Join the Ray cluster at `address` (or `RAY_ADDRESS`, as under `ray job submit`; "auto" finds a running
+    local one), else start a private local one that ends with this process."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        # "local" always starts a fresh instance; joining whatever cluster a previous session left recorded
+        # in /tmp/ray hangs when that cluster is gone.
+        ray.init(address="local", include_dashboard=False, log_to_driver=True)
+
+
+def run(job: LabelJob, progress: bool = True) -> Summary:
+    """Label every shard of `job.input` not yet done in `job.output`, on the connected Ray cluster.
+
+    Raises:
+        JobError (and its causes: `InputError`, `StorageError`, `OutputConflict`, `ModelLoadError` as the
+        message): the job could not start; nothing was written.
+    """
+    started = time.perf_counter()
+    source = Location(job.input, job.storage_options)
+    output = Location(job.output, job.storage_options)
+    shards = plan(source, job.input_format, job.shard_size, job.columns)
+    dataset = OutputDataset(output)
+    identity = _identity(job, source, shards)
+    dataset.check(identity)
+    done = dataset.done()
+    todo = [shard for shard in shards if shard.name not in done]
+    summary = Summary(shards_skipped=len(shards) - len(todo), output=output.uri(""), run_id=uuid.uuid4().hex)
+    if todo:
+        actors, model = _start_actors(job, source, output, len(todo))
+        try:
+            dataset.claim({**identity, "model": model})
+            _schedule(actors, todo, job.max_retries, summary, progress)
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+    summary.seconds = time.perf_counter() - started
+    summary.images_per_second = (summary.images_ok + summary.images_failed) / max(summary.seconds, 1e-9)
+    return summary
+
+
+def _identity(job: LabelJob, source: Location, shards: list[Shard]) -> dict[str, Any]:
+    """What every file of an output must share; the model's identity is added once a replica reports it."""
+    return {"config": job.config.to_dict(), "config_hash": job.config.config_hash(), "input": source.uri(""),
+            "input_format": shards[0].format, "columns": asdict(job.columns),
+            "shard_size": job.shard_size if shards[0].format == "images" else None}
+
+
+def _resources(job: LabelJob, shards: int) -> tuple[int, float, float]:
+    """(actors, gpus per actor, cpus per actor) from the job and the cluster."""
+    total = ray.cluster_resources()
+    node_cpus = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]]
+    gpus = job.gpus_per_actor if job.gpus_per_actor is not None else (1.0 if total.get("GPU", 0) else 0.0)
+    if gpus:
+        cpus = job.cpus_per_actor if job.cpus_per_actor is not None else 2.0
+        actors = job.num_actors or max(1, int(total.get("GPU", 0) // gpus))
+    else:
+        cpus = job.cpus_per_actor if job.cpus_per_actor is not None else max(1.0, min(node_cpus, default=1.0))
+        actors = job.num_actors or max(1, sum(1 for c in node_cpus if c >= cpus))
+    if gpus > total.get("GPU", 0):
+        raise JobError(f"--gpus-per-actor {gpus:g}: the cluster has {total.get('GPU', 0):g} GPU(s)")
+    if cpus > max(node_cpus, default=0):
+        raise JobError(f"--cpus-per-actor {cpus:g}: no node has that many CPUs (largest: {max(node_cpus):g})")
+    return min(actors, shards), gpus, cpus
+
+
+def _start_actors(job: LabelJob, source: Location, output: Location, shards: int) -> tuple[list, dict]:
+    """Start the actor pool and load a model replica in each; returns the actors and the model's identity."""
+    count, gpus, cpus = _resources(job, shards)
+    settings = WorkerSettings(model=job.model, config=job.config, revision=job.revision,
+                              device="cuda" if gpus else "cpu", dtype=job.dtype, batch_size=job.batch_size,
+                              max_pixels=job.max_pixels, threads=max(1, min(int(cpus), os.cpu_count() or 1)))
+    remote = ray.remote(LabelWorker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=0,
+                                             max_concurrency=IN_FLIGHT_PER_ACTOR)
+    actors = [remote.remote(settings, Placement(source, output, job.columns)) for _ in range(count)]
+    loaded = ray.get([actor.load.remote() for actor in actors])
+    errors = [result["error"] for result in loaded if "error" in result]
+    if errors:
+        for actor in actors:
+            ray.kill(actor)
+        raise ModelLoadError(errors[0])
+    info = loaded[0]["info"]
+    model = {key: info.get(key) for key in ("model", "source", "revision", "weights", "random_weights")}
+    return actors, model
+
+
+def _schedule(actors: list, shards: list[Shard], max_retries: int, summary: Summary, progress: bool) -> None:
+    """Keep every actor busy with up to `IN_FLIGHT_PER_ACTOR` shards from one queue until all are done."""
+    pending = deque(shards)
+    attempts: dict[str, int] = {}
+    in_flight: dict[ray.ObjectRef, tuple[int, Shard]] = {}
+    load = [0] * len(actors)
+    bar = tqdm(total=len(shards), unit="shard", file=sys.stderr, disable=not progress, mininterval=1.0,
+               dynamic_ncols=True)
+    begun = time.perf_counter()
+    with bar:
+        while pending or in_flight:
+            for index in sorted(range(len(actors)), key=load.__getitem__):
+                while pending and load[index] < IN_FLIGHT_PER_ACTOR:
+                    shard = pending.popleft()
+                    in_flight[actors[index].process.remote(shard, summary.run_id)] = (index, shard)
+                    load[index] += 1
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+            for ref in ready:
+                index, shard = in_flight.pop(ref)
+                load[index] -= 1
+                try:
+                    report = ray.get(ref)
+                except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as error:
+                    attempts[shard.name] = attempts.get(shard.name, 0) + 1
+                    reason = _reason(error)
+                    if attempts[shard.name] > max_retries:
+                        summary.shards_failed += 1
+                        summary.failed.append({"shard": shard.name, "error": reason})
+                        bar.write(f"shard {shard.name} failed for good: {reason}", file=sys.stderr)
+                        bar.update()
+                    else:
+                        summary.retries += 1
+                        bar.write(f"shard {shard.name} will be retried: {reason}", file=sys.stderr)
+                        pending.append(shard)
+                    continue
+                summary.shards_written += 1
+                summary.images_ok += report["images_ok"]
+                summary.images_failed += report["images_failed"]
+                images = summary.images_ok + summary.images_failed
+                bar.set_postfix(images=images, img_per_s=f"{images / (time.perf_counter() - begun):.2f}",
+                                refresh=False)
+                bar.update()
+
+
+def _reason(error: Exception) -> str:
+    """One line saying why an attempt failed."""
+    if isinstance(error, ray.exceptions.RayTaskError) and error.cause is not None:
+        cause = error.cause
+        return f"{type(cause).__name__}: {cause}".splitlines()[0]
+    if isinstance(error, ray.exceptions.RayActorError):
+        return "the actor died (its process was killed or crashed)"
+    return str(error).splitlines()[0]

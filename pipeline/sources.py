@@ -1,0 +1,188 @@
+"""Input datasets as shards: folders of image files, WebDataset `.tar` shards, or Parquet files of image bytes.
+
+A shard is the unit of work and of output: one input shard gives one mask Parquet file. Planning is
+deterministic: the same input always gives the same shards, with the same names.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .storage import Location
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+FORMATS = ("auto", "images", "tar", "parquet")
+IMAGE_COLUMNS = ("image", "jpg", "jpeg", "png", "webp", "img")
+"""Columns tried, in order, for the image bytes of Parquet inputs when no column is named."""
+ID_COLUMN = "key"
+"""Column used for image ids of Parquet inputs when present and no column is named (img2dataset's)."""
+
+_SUFFIX_FORMATS = {**{suffix: "images" for suffix in IMAGE_SUFFIXES}, ".tar": "tar", ".parquet": "parquet"}
+
+
+class InputError(ValueError):
+    """The input cannot be planned; the message names it and says why in one line."""
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One input file, with what identifies its content version."""
+
+    key: str
+    """Path relative to the input root, '/'-separated."""
+    size: int | None
+    etag: str | None
+    """Object-store entity tag, when the store gives one."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A unit of work: some input files whose images go to one output file."""
+
+    name: str
+    """Output name without suffix: `part-00000` for image folders, the file's key without suffix otherwise."""
+    format: str
+    """"images" (files are images), "tar" (one WebDataset tar) or "parquet" (one Parquet file)."""
+    files: tuple[SourceFile, ...]
+
+    def identity(self, source: Location) -> dict[str, Any]:
+        """Provenance of the shard's input: format and each file's URI with its size and etag."""
+        return {"format": self.format, "files": [{"uri": source.uri(f.key), "size": f.size, "etag": f.etag}
+                                                 for f in self.files]}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One input image as read from storage: its bytes, or why they could not be read."""
+
+    image_id: str
+    source_uri: str
+    data: bytes | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ParquetColumns:
+    """Which columns of Parquet inputs hold the image bytes and (optionally) the image id."""
+
+    image: str | None = None
+    """None: the first of `IMAGE_COLUMNS` present."""
+    id: str | None = None
+    """None: `ID_COLUMN` when present, else `FILE#ROW`."""
+
+
+def plan(source: Location, input_format: str = "auto", shard_size: int = 1000,
+         columns: ParquetColumns = ParquetColumns()) -> list[Shard]:
+    """The shards of the dataset at `source`, in a stable order.
+
+    Image folders are searched recursively and split into shards of `shard_size` images by sorted key;
+    every `.tar` or `.parquet` file is a shard of its own. Hidden files and folders are ignored.
+
+    Raises:
+        InputError: nothing usable under `source`, several kinds of input mixed with `input_format="auto"`,
+            or Parquet files without the image column.
+    """
+    if input_format not in FORMATS:
+        raise InputError(f"--input-format must be one of {', '.join(FORMATS)}, got {input_format!r}")
+    if shard_size < 1:
+        raise InputError(f"--shard-size must be at least 1, got {shard_size}")
+    by_format: dict[str, list[SourceFile]] = {}
+    for key, info in sorted(source.files().items()):
+        kind = _SUFFIX_FORMATS.get(posixpath.splitext(key)[1].lower())
+        if kind and not any(part.startswith(".") for part in key.split("/")):
+            by_format.setdefault(kind, []).append(SourceFile(key, info.get("size"), _etag(info)))
+    if input_format == "auto":
+        if len(by_format) > 1:
+            raise InputError(f"{source.url} holds {' and '.join(sorted(by_format))} files; "
+                             "choose one with --input-format")
+        input_format = next(iter(by_format), "images")
+    files = by_format.get(input_format, [])
+    if not files:
+        wanted = {"images": "image files (" + ", ".join(IMAGE_SUFFIXES) + ")", "tar": ".tar files",
+                  "parquet": ".parquet files"}[input_format]
+        raise InputError(f"no {wanted} under {source.url}")
+    if input_format == "images":
+        width = max(5, len(str(len(files) // shard_size)))
+        return [Shard(f"part-{index:0{width}d}", "images", tuple(files[start:start + shard_size]))
+                for index, start in enumerate(range(0, len(files), shard_size))]
+    if input_format == "parquet":
+        image_column(source, files[0].key, pq.read_schema(source.fs.open(source.path(files[0].key))), columns)
+    return [Shard(posixpath.splitext(f.key)[0], input_format, (f,)) for f in files]
+
+
+def read(shard: Shard, source: Location, columns: ParquetColumns = ParquetColumns()) -> Iterator[Record]:
+    """The shard's images in a stable order. An unreadable image is a `Record` with `error`; an unreadable
+    tar or Parquet file raises (`OSError`, `tarfile.TarError`, `pyarrow.ArrowException`, `InputError`)."""
+    if shard.format == "images":
+        yield from _read_files(shard, source)
+    elif shard.format == "tar":
+        yield from _read_tar(shard.files[0].key, source)
+    else:
+        yield from _read_parquet(shard.files[0].key, source, columns)
+
+
+def image_column(source: Location, key: str, schema: pa.Schema, columns: ParquetColumns) -> str:
+    """The column of `schema` holding image bytes (binary, or a struct with a `bytes` field)."""
+    names = [columns.image] if columns.image else [name for name in IMAGE_COLUMNS if name in schema.names]
+    if not names or names[0] not in schema.names:
+        wanted = f"column {columns.image!r}" if columns.image else "image column (" + ", ".join(IMAGE_COLUMNS) + ")"
+        raise InputError(f"{source.uri(key)}: no {wanted}; it has {', '.join(schema.names)} "
+                         "(name the image column with --image-column)")
+    kind = schema.field(names[0]).type
+    if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+            or (pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0)):
+        raise InputError(f"{source.uri(key)}: column {names[0]!r} is {kind}, not image bytes "
+                         "(binary, or a struct with a 'bytes' field)")
+    return names[0]
+
+
+def _etag(info: dict[str, Any]) -> str | None:
+    etag = info.get("ETag") or info.get("etag")
+    return str(etag).strip('"') if etag else None
+
+
+def _read_files(shard: Shard, source: Location) -> Iterator[Record]:
+    for file in shard.files:
+        uri = source.uri(file.key)
+        try:
+            yield Record(file.key, uri, source.read(file.key))
+        except OSError as error:
+            yield Record(file.key, uri, None, f"cannot read: {error}")
+
+
+def _read_tar(key: str, source: Location) -> Iterator[Record]:
+    uri = source.uri(key)
+    with source.fs.open(source.path(key), "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as archive:
+        for member in archive:
+            if not member.isfile() or posixpath.splitext(member.name)[1].lower() not in IMAGE_SUFFIXES:
+                continue
+            data = archive.extractfile(member).read()
+            yield Record(f"{key}/{member.name}", f"{uri}#{member.name}", data)
+
+
+def _read_parquet(key: str, source: Location, columns: ParquetColumns) -> Iterator[Record]:
+    uri = source.uri(key)
+    with source.fs.open(source.path(key), "rb") as stream:
+        file = pq.ParquetFile(stream)
+        image = image_column(source, key, file.schema_arrow, columns)
+        id_column = columns.id or (ID_COLUMN if ID_COLUMN in file.schema_arrow.names else None)
+        if id_column and id_column not in file.schema_arrow.names:
+            raise InputError(f"{uri}: no id column {id_column!r}")
+        wanted = [image] + ([id_column] if id_column and id_column != image else [])
+        row = 0
+        for batch in file.iter_batches(batch_size=64, columns=wanted):
+            images = batch.column(image)
+            if pa.types.is_struct(images.type):
+                images = images.field("bytes")
+            ids = batch.column(id_column).to_pylist() if id_column else [None] * len(batch)
+            for data, image_id in zip(images.to_pylist(), ids):
+                name = str(image_id) if image_id is not None else f"{key}#{row}"
+                yield Record(name, f"{uri}#{row}", data, None if data else "no image bytes in this row")
+                row += 1

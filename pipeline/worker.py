@@ -1,0 +1,197 @@
+"""`LabelWorker`: one model replica turning input shards into mask files.
+
+Plain Python: the driver runs it as a Ray actor, and anything else can run it in-process. Storage and
+decoding overlap the model: a reader thread fetches and decodes a shard's images ahead of the model, and
+a worker accepts a second shard while the first one is still being encoded and written (the model itself
+is used by one shard at a time).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from diffseg import DiffSeg, DiffSegConfig, ModelLoadError
+from diffseg.preprocess import MAX_PIXELS, PreparedImage
+from diffseg.regions import regions
+from diffseg.visualize import label_png
+
+from .output import OutputDataset, Row
+from .provenance import environment, now
+from .sources import ParquetColumns, Record, Shard, read
+from .storage import Location
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How a worker builds its model replica and batches images."""
+
+    model: str
+    """Hub id, local diffusers folder, or built-in name (`tiny`)."""
+    config: DiffSegConfig = field(default_factory=DiffSegConfig)
+    revision: str | None = None
+    device: str = "cpu"
+    """"cpu" or "cuda" (Ray assigns the GPU; it is always `cuda:0` inside the actor)."""
+    dtype: str | None = None
+    """Key of `DTYPES`; None: float16 on cuda, float32 on cpu."""
+    batch_size: int = 1
+    """Images per UNet forward (same processing size only; short batches are padded)."""
+    max_pixels: int = MAX_PIXELS
+    """Images with more pixels become error rows (decompression-bomb guard)."""
+    threads: int | None = None
+    """CPU threads for torch; None leaves torch's default."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a worker reads images and writes masks."""
+
+    source: Location
+    output: Location
+    columns: ParquetColumns = field(default_factory=ParquetColumns)
+
+
+class LabelWorker:
+    """Holds one model replica; `process(shard)` writes that shard's mask file and its `_done/` marker."""
+
+    def __init__(self, settings: WorkerSettings, placement: Placement) -> None:
+        """Cheap: the model is loaded by `load()` or by the first `process()` (also after a restart)."""
+        self.settings = settings
+        self.placement = placement
+        self.output = OutputDataset(placement.output)
+        self._segmenter: DiffSeg | None = None
+        self._load_lock = threading.Lock()
+        self._model_lock = threading.Lock()
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+
+    def load(self) -> dict[str, Any]:
+        """Load the model; returns `{"info": provenance}` or `{"error": one line}` if it cannot be loaded."""
+        try:
+            return {"info": self.segmenter().info, "pid": os.getpid()}
+        except (ModelLoadError, ValueError) as error:
+            return {"error": str(error)}
+
+    def segmenter(self) -> DiffSeg:
+        with self._load_lock:
+            if self._segmenter is None:
+                settings = self.settings
+                dtype = DTYPES[settings.dtype] if settings.dtype else None
+                self._segmenter = DiffSeg.from_pretrained(settings.model, config=settings.config,
+                                                          device=settings.device, dtype=dtype,
+                                                          revision=settings.revision,
+                                                          max_pixels=settings.max_pixels)
+            return self._segmenter
+
+    def process(self, shard: Shard, run_id: str) -> dict[str, Any]:
+        """Segment every image of `shard` and write its mask file; returns counts and timings.
+
+        Images that cannot be read or decoded become error rows. Raises when the shard itself cannot be
+        read or written (the driver retries it).
+        """
+        started = time.perf_counter()
+        segmenter = self.segmenter()
+        rows: dict[int, Row] = {}
+        buckets: dict[tuple[int, ...], list[tuple[int, Record, PreparedImage]]] = defaultdict(list)
+        model_seconds = 0.0
+        for index, record, prepared in _prefetch(lambda: self._decoded(shard, segmenter),
+                                                 4 * self.settings.batch_size):
+            if prepared is None:
+                rows[index] = Row.failed(record.image_id, record.source_uri, record.error or "unknown error")
+                continue
+            bucket = buckets[tuple(prepared.pixels.shape)]
+            bucket.append((index, record, prepared))
+            if len(bucket) == self.settings.batch_size:
+                model_seconds += self._segment(bucket, rows, segmenter)
+        for bucket in buckets.values():
+            if bucket:
+                model_seconds += self._segment(bucket, rows, segmenter)
+        ordered = [rows[index] for index in sorted(rows)]
+        provenance = {**segmenter.info, **environment(), "run_id": run_id, "created": now(),
+                      "batch_size": self.settings.batch_size,
+                      "input": self.placement.source.uri(""), "shard": {"name": shard.name,
+                                                                       **shard.identity(self.placement.source)}}
+        self.output.write(shard.name, ordered, provenance)
+        return {"shard": shard.name, "images_ok": sum(row.status == "ok" for row in ordered),
+                "images_failed": sum(row.status != "ok" for row in ordered),
+                "seconds": time.perf_counter() - started, "model_seconds": model_seconds, "pid": os.getpid()}
+
+    def _decoded(self, shard: Shard, segmenter: DiffSeg) -> Iterator[tuple[int, Record, PreparedImage | None]]:
+        for index, record in enumerate(read(shard, self.placement.source, self.placement.columns)):
+            if record.data is None:
+                yield index, record, None
+                continue
+            try:
+                yield index, record, segmenter.prepare(record.data, name=record.image_id)
+            except ValueError as error:
+                reason = str(error).removeprefix(f"{record.image_id}: ")
+                yield index, Record(record.image_id, record.source_uri, None, reason), None
+
+    def _segment(self, bucket: list[tuple[int, Record, PreparedImage]], rows: dict[int, Row],
+                 segmenter: DiffSeg) -> float:
+        """Segment one batch into `rows` and empty the bucket; returns seconds spent on the model."""
+        with self._model_lock:
+            started = time.perf_counter()
+            labels = segmenter.segment_prepared([prepared for _, _, prepared in bucket], self.settings.batch_size)
+            elapsed = time.perf_counter() - started
+        for (index, record, _), mask in zip(bucket, labels):
+            found = regions(mask)
+            rows[index] = Row(record.image_id, record.source_uri, width=mask.shape[1], height=mask.shape[0],
+                              mask=label_png(mask), num_segments=len(found),
+                              segments=[{"id": r.id, "area": r.area, "bbox": list(r.bbox)} for r in found])
+        bucket.clear()
+        return elapsed
+
+
+_END = object()
+
+
+def _prefetch(produce: Callable[[], Iterator[Any]], depth: int) -> Iterator[Any]:
+    """The items of `produce()`, computed in a background thread up to `depth` items ahead.
+
+    An exception in the producer is raised here; closing this generator early stops the producer.
+    """
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in produce():
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as error:  # handed to the consumer, which raises it
+            put(error)
+
+    thread = threading.Thread(target=run, daemon=True, name="diffseg-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()

@@ -1,0 +1,81 @@
+"""Real services for tests, on loopback: a moto S3 server and Ray clusters started with `ray start --block`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import closing
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(check, timeout: float, what: str, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with status {process.returncode}")
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} not up after {timeout:.0f} s")
+
+
+def stop(process: subprocess.Popen, timeout: float = 5) -> None:
+    """SIGTERM the process group, SIGKILL it after `timeout` s (a `ray start --block` head drains for up
+    to 30 s on SIGTERM; tests have nothing to drain)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def start_moto(log: Path) -> tuple[subprocess.Popen, str]:
+    """A moto S3 server on 127.0.0.1; returns the process and its endpoint URL."""
+    port = free_port()
+    process = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    wait_for(lambda: urllib.request.urlopen(endpoint + "/moto-api/").status == 200, 30, "moto server", process)
+    return process, endpoint
+
+
+def start_ray_head(temp_dir: Path, cpus: int, object_store_mb: int, dashboard: bool = False,
+                   worker_ports: tuple[int, int] | None = None) -> tuple[subprocess.Popen, str, str | None]:
+    """`ray start --head --block` with its own ports and temp dir, so two clusters can coexist; returns the
+    process, the GCS address and the dashboard URL (None without dashboard)."""
+    port, dashboard_port = free_port(), free_port()
+    command = [str(BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
+               "--node-ip-address", "127.0.0.1", "--port", str(port), f"--num-cpus={cpus}",
+               f"--object-store-memory={object_store_mb * 2**20}", f"--temp-dir={temp_dir}",
+               f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+               f"--include-dashboard={'true' if dashboard else 'false'}"]
+    if dashboard:
+        command += ["--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"]
+    if worker_ports:
+        command += [f"--min-worker-port={worker_ports[0]}", f"--max-worker-port={worker_ports[1]}"]
+    log = temp_dir.parent / f"{temp_dir.name}.log"
+    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    wait_for(lambda: b"Ray runtime started" in log.read_bytes(), 120, f"ray head (log: {log})", process)
+    url = f"http://127.0.0.1:{dashboard_port}" if dashboard else None
+    if url:
+        wait_for(lambda: urllib.request.urlopen(url + "/api/version").status == 200, 120, "ray dashboard", process)
+    return process, address, url

@@ -1,0 +1,68 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffseg.regions import regions
+from pipeline.output import read_provenance
+from pipeline.sources import plan
+from pipeline.storage import Location
+from pipeline.worker import LabelWorker, Placement, WorkerSettings, _prefetch
+from tests.pipeline.data import BOMB_LIMIT, bad_image_bytes, bad_images, good_images, read_output, write_files
+
+
+@pytest.fixture(scope="module")
+def worker_dirs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("input")
+    write_files(folder, {**good_images(5), **bad_image_bytes()})
+    return folder, tmp_path_factory.mktemp("output")
+
+
+def test_a_shard_becomes_one_file_with_a_row_per_image(worker_dirs, tiny):
+    folder, out = worker_dirs
+    source, output = Location(str(folder)), Location(str(out))
+    worker = LabelWorker(WorkerSettings(model="tiny", batch_size=2, max_pixels=BOMB_LIMIT), Placement(source, output))
+    [shard] = plan(source)
+    report = worker.process(shard, run_id="run-1")
+    assert (report["images_ok"], report["images_failed"]) == (5, len(bad_images()))
+    table = read_output(str(out))
+    assert [row["image_id"] for row in table] == [f.key for f in shard.files]
+    for row in table:
+        if row["image_id"].startswith("bad-"):
+            assert row["status"] == "error" and row["mask"] is None
+            assert bad_images()[row["image_id"]] in row["error"]
+            continue
+        original = Image.open(folder / row["image_id"])
+        mask = np.asarray(Image.open(io.BytesIO(row["mask"])))
+        assert (row["status"], row["error"]) == ("ok", None)
+        assert mask.shape == (original.height, original.width) == (row["height"], row["width"])
+        assert row["num_segments"] == len(np.unique(mask)) == len(row["segments"])
+        assert row["segments"] == [{"id": r.id, "area": r.area, "bbox": list(r.bbox)} for r in regions(mask)]
+        labels = tiny.segment([folder / row["image_id"]], batch_size=2)[0].numpy()  # the same padded batch
+        assert np.array_equal(mask, labels)
+
+
+def test_provenance_names_model_settings_software_and_input(worker_dirs):
+    folder, out = worker_dirs
+    provenance = read_provenance(Location(str(out)), "part-00000.parquet")
+    assert provenance["model"] == "tiny" and provenance["random_weights"] is True
+    assert provenance["config"]["kl_threshold"] == 1.1 and len(provenance["config_hash"]) == 16
+    assert provenance["run_id"] == "run-1" and provenance["created"].endswith("+00:00")
+    assert provenance["device"] == "cpu" and provenance["dtype"] == "float32"
+    assert set(provenance["versions"]) >= {"torch", "diffusers", "ray"} and provenance["diffseg"] == "0.1.0"
+    assert "git_commit" in provenance
+    files = provenance["shard"]["files"]
+    assert len(files) == 11 and files[0]["uri"].startswith(f"file://{folder}/") and files[0]["size"] > 0
+
+
+def test_prefetch_yields_in_order_and_raises_the_producers_error():
+    def produce():
+        yield from range(5)
+        raise OSError("storage went away")
+
+    seen = []
+    with pytest.raises(OSError, match="storage went away"):
+        for item in _prefetch(produce, depth=2):
+            seen.append(item)
+    assert seen == list(range(5))
