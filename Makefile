@@ -19,11 +19,13 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
-# Segments the bundled sample photographs (samples/) into masks/.
+# Labels the bundled sample photographs (samples/) with the labeling job on a local Ray cluster.
+DEMO_OUT = out/demo/$(subst /,--,$(MODEL))
 demo: install
-	@$(BIN)/python -m diffseg segment samples --out masks --model "$(MODEL)"; status=$$?; \
-	if [ $$status -eq 2 ]; then echo "For a smoke run without weights: make demo MODEL=tiny" >&2; \
-	elif [ $$status -eq 0 ]; then echo "View them: masks/NAME.overlay.png (colored preview), masks/NAME.mask.png (labels)"; fi; \
+	@$(BIN)/python jobs/label.py --input samples --output "$(DEMO_OUT)" --model "$(MODEL)"; status=$$?; \
+	if [ $$status -eq 2 ]; then echo "If the model could not be downloaded, a smoke run without weights: make demo MODEL=tiny" >&2; \
+	elif [ $$status -eq 0 ]; then $(BIN)/python jobs/export.py "$(DEMO_OUT)" --out "$(DEMO_OUT)-png" && \
+	echo "Masks: $(DEMO_OUT)/*.parquet (one row per image, mask = label PNG). View them: $(DEMO_OUT)-png/NAME.overlay.png"; fi; \
 	exit $$status
 
 test: install
@@ -34,6 +36,7 @@ test-fast: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_core.py
+	$(BIN)/python benchmarks/bench_job.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache masks
+	rm -rf $(VENV) .pytest_cache masks out

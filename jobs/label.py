@@ -21,7 +21,7 @@ from diffseg import DEFAULT_MODEL, DiffSegConfig, ModelLoadError  # noqa: E402
 from diffseg.cli import parse_thresholds  # noqa: E402
 from diffseg.config import CROP_MODES  # noqa: E402
 from diffseg.preprocess import MAX_PIXELS  # noqa: E402
-from pipeline.driver import JobError, LabelJob, connect, run  # noqa: E402
+from pipeline.driver import JobError, LabelJob, connect, execute, prepare  # noqa: E402
 from pipeline.output import OutputConflict  # noqa: E402
 from pipeline.sources import FORMATS, InputError, ParquetColumns  # noqa: E402
 from pipeline.storage import StorageError, parse_storage_options  # noqa: E402
@@ -95,9 +95,10 @@ def job_from_args(args: argparse.Namespace) -> LabelJob:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        job = job_from_args(args)
-        connect(args.address)
-        summary = run(job, progress=not args.no_progress)
+        plan = prepare(job_from_args(args))
+        if plan.todo:
+            connect(args.address)
+        summary = execute(plan, progress=not args.no_progress)
     except (ValueError, StorageError, OutputConflict, ModelLoadError, JobError, ConnectionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -71,6 +71,9 @@ class Summary:
     shards_failed: int = 0
     retries: int = 0
     seconds: float = 0.0
+    """Wall time of the whole run."""
+    startup_seconds: float = 0.0
+    """Part of `seconds` spent starting the actors and loading their model replicas."""
     images_per_second: float = 0.0
     output: str = ""
     run_id: str = ""
@@ -78,7 +81,7 @@ class Summary:
     """`{"shard": name, "error": last error}` for each shard that failed for good."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "seconds": round(self.seconds, 3),
+        return {**asdict(self), "seconds": round(self.seconds, 3), "startup_seconds": round(self.startup_seconds, 3),
                 "images_per_second": round(self.images_per_second, 3)}
 
 
@@ -93,41 +96,71 @@ def connect(address: str | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, logging_level="WARNING")
     else:
         # "local" always starts a fresh instance; joining whatever cluster a previous session left recorded
         # in /tmp/ray hangs when that cluster is gone.
-        ray.init(address="local", include_dashboard=False, log_to_driver=True)
+        ray.init(address="local", include_dashboard=False, logging_level="WARNING")
 
 
-def run(job: LabelJob, progress: bool = True) -> Summary:
-    """Label every shard of `job.input` not yet done in `job.output`, on the connected Ray cluster.
+@dataclass
+class Plan:
+    """A job resolved against its input and output: which shards exist and which are left to do."""
+
+    job: LabelJob
+    source: Location
+    output: OutputDataset
+    shards: list[Shard]
+    todo: list[Shard]
+    identity: dict[str, Any]
+    """What the output's manifest must match (the model's identity is added when a replica reports it)."""
+
+
+def prepare(job: LabelJob) -> Plan:
+    """List the input and the output's finished shards; needs no Ray.
 
     Raises:
-        JobError (and its causes: `InputError`, `StorageError`, `OutputConflict`, `ModelLoadError` as the
-        message): the job could not start; nothing was written.
+        InputError, StorageError: the input cannot be listed or holds nothing usable.
+        OutputConflict: the output already holds masks made with other settings.
     """
-    started = time.perf_counter()
     source = Location(job.input, job.storage_options)
-    output = Location(job.output, job.storage_options)
+    dataset = OutputDataset(Location(job.output, job.storage_options))
     shards = plan(source, job.input_format, job.shard_size, job.columns)
-    dataset = OutputDataset(output)
     identity = _identity(job, source, shards)
     dataset.check(identity)
     done = dataset.done()
-    todo = [shard for shard in shards if shard.name not in done]
-    summary = Summary(shards_skipped=len(shards) - len(todo), output=output.uri(""), run_id=uuid.uuid4().hex)
-    if todo:
-        actors, model = _start_actors(job, source, output, len(todo))
+    return Plan(job, source, dataset, shards, [shard for shard in shards if shard.name not in done], identity)
+
+
+def execute(plan: Plan, progress: bool = True) -> Summary:
+    """Label the plan's remaining shards on the connected Ray cluster (Ray is not touched when none are left).
+
+    Raises:
+        ModelLoadError: a replica could not load the model; nothing was written.
+        JobError: the cluster cannot host the actors asked for.
+        OutputConflict: the model differs from the one the output was started with.
+    """
+    started = time.perf_counter()
+    output = plan.output.location
+    summary = Summary(shards_skipped=len(plan.shards) - len(plan.todo), output=output.uri(""),
+                      run_id=uuid.uuid4().hex)
+    if plan.todo:
+        actors, model = _start_actors(plan.job, plan.source, output, len(plan.todo))
+        summary.startup_seconds = time.perf_counter() - started
         try:
-            dataset.claim({**identity, "model": model})
-            _schedule(actors, todo, job.max_retries, summary, progress)
+            plan.output.claim({**plan.identity, "model": model})
+            _schedule(actors, plan.todo, plan.job.max_retries, summary, progress)
         finally:
             for actor in actors:
                 ray.kill(actor)
     summary.seconds = time.perf_counter() - started
     summary.images_per_second = (summary.images_ok + summary.images_failed) / max(summary.seconds, 1e-9)
     return summary
+
+
+def run(job: LabelJob, progress: bool = True) -> Summary:
+    """`execute(prepare(job))`: label every shard of `job.input` not yet done in `job.output`."""
+    return execute(prepare(job), progress)
 
 
 def _identity(job: LabelJob, source: Location, shards: list[Shard]) -> dict[str, Any]:

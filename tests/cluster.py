@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from contextlib import closing
 from pathlib import Path
@@ -53,7 +54,11 @@ def start_moto(log: Path) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                                stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     endpoint = f"http://127.0.0.1:{port}"
-    wait_for(lambda: urllib.request.urlopen(endpoint + "/moto-api/").status == 200, 30, "moto server", process)
+    try:
+        wait_for(lambda: urllib.request.urlopen(endpoint + "/moto-api/").status == 200, 30, "moto server", process)
+    except BaseException:
+        stop(process)
+        raise
     return process, endpoint
 
 
@@ -72,10 +77,26 @@ def start_ray_head(temp_dir: Path, cpus: int, object_store_mb: int, dashboard: b
     if worker_ports:
         command += [f"--min-worker-port={worker_ports[0]}", f"--max-worker-port={worker_ports[1]}"]
     log = temp_dir.parent / f"{temp_dir.name}.log"
-    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    # As from an activated virtual environment: `python` in a submitted job's entrypoint is this one.
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+                               env=env)
     address = f"127.0.0.1:{port}"
-    wait_for(lambda: b"Ray runtime started" in log.read_bytes(), 120, f"ray head (log: {log})", process)
     url = f"http://127.0.0.1:{dashboard_port}" if dashboard else None
-    if url:
-        wait_for(lambda: urllib.request.urlopen(url + "/api/version").status == 200, 120, "ray dashboard", process)
+    try:
+        wait_for(lambda: b"Ray runtime started" in log.read_bytes(), 120, f"ray head (log: {log})", process)
+        if url:
+            wait_for(lambda: _answers(url + "/api/version"), 120, "ray dashboard", process)
+    except BaseException:
+        stop(process)
+        raise
     return process, address, url
+
+
+def _answers(url: str) -> bool:
+    """Whether an HTTP server answers at `url` (401 included: the dashboard wants the Ray auth token)."""
+    try:
+        urllib.request.urlopen(url)
+    except urllib.error.HTTPError:
+        pass
+    return True

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from diffseg import DiffSeg, DiffSegConfig
 from diffseg.regions import regions
 from pipeline.output import read_provenance
 from pipeline.sources import plan
@@ -19,10 +20,15 @@ def worker_dirs(tmp_path_factory):
     return folder, tmp_path_factory.mktemp("output")
 
 
+FAST = DiffSegConfig(resolution=256)
+
+
 def test_a_shard_becomes_one_file_with_a_row_per_image(worker_dirs, tiny):
     folder, out = worker_dirs
     source, output = Location(str(folder)), Location(str(out))
-    worker = LabelWorker(WorkerSettings(model="tiny", batch_size=2, max_pixels=BOMB_LIMIT), Placement(source, output))
+    settings = WorkerSettings(model="tiny", config=FAST, batch_size=2, max_pixels=BOMB_LIMIT)
+    worker = LabelWorker(settings, Placement(source, output))
+    in_process = DiffSeg(tiny.model, FAST)
     [shard] = plan(source)
     report = worker.process(shard, run_id="run-1")
     assert (report["images_ok"], report["images_failed"]) == (5, len(bad_images()))
@@ -39,7 +45,7 @@ def test_a_shard_becomes_one_file_with_a_row_per_image(worker_dirs, tiny):
         assert mask.shape == (original.height, original.width) == (row["height"], row["width"])
         assert row["num_segments"] == len(np.unique(mask)) == len(row["segments"])
         assert row["segments"] == [{"id": r.id, "area": r.area, "bbox": list(r.bbox)} for r in regions(mask)]
-        labels = tiny.segment([folder / row["image_id"]], batch_size=2)[0].numpy()  # the same padded batch
+        labels = in_process.segment([folder / row["image_id"]], batch_size=2)[0].numpy()  # same padded batch
         assert np.array_equal(mask, labels)
 
 
@@ -47,7 +53,7 @@ def test_provenance_names_model_settings_software_and_input(worker_dirs):
     folder, out = worker_dirs
     provenance = read_provenance(Location(str(out)), "part-00000.parquet")
     assert provenance["model"] == "tiny" and provenance["random_weights"] is True
-    assert provenance["config"]["kl_threshold"] == 1.1 and len(provenance["config_hash"]) == 16
+    assert provenance["config"] == FAST.to_dict() and provenance["config_hash"] == FAST.config_hash()
     assert provenance["run_id"] == "run-1" and provenance["created"].endswith("+00:00")
     assert provenance["device"] == "cpu" and provenance["dtype"] == "float32"
     assert set(provenance["versions"]) >= {"torch", "diffusers", "ray"} and provenance["diffseg"] == "0.1.0"

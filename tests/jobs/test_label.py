@@ -1,0 +1,107 @@
+"""`jobs/label.py` as users run it: a subprocess, on its own or through `ray job submit`."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import start_ray_head, stop
+from tests.pipeline.data import good_images, read_output, tar_bytes, write_files
+
+ROOT = Path(__file__).resolve().parents[2]
+LABEL = str(ROOT / "jobs" / "label.py")
+FAST = ["--model", "tiny", "--resolution", "256", "--num-actors", "1", "--cpus-per-actor", "1", "--no-progress"]
+
+
+def label(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, LABEL, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def summary_of(result: subprocess.CompletedProcess) -> dict:
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "0"], "error: --batch-size must be at least 1, got 0"),
+    (["--kl-threshold", "high"], "error: argument --kl-threshold: not a number"),
+    (["--frobnicate"], "error: unrecognized arguments: --frobnicate"),
+    (["--crop", "sideways"], "error: argument --crop: invalid choice: 'sideways'"),
+    (["--storage-options", "{oops"], "error: --storage-options is not valid JSON"),
+    (["--num-points", "1"], "error: num_points"),
+])
+def test_bad_flags_are_one_line_and_exit_two(tmp_path, args, message):
+    result = label("--input", str(tmp_path), "--output", str(tmp_path / "out"), *args)
+    assert result.returncode == 2
+    assert result.stderr.startswith(message) and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreadable_input_is_one_line_and_exit_two(tmp_path):
+    result = label("--input", str(tmp_path / "missing"), "--output", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: no image files (.jpg, .jpeg, .png, .webp, .bmp, .tif, .tiff) under " \
+                                    f"{tmp_path / 'missing'}"
+
+
+@pytest.mark.integration
+def test_a_failed_shard_gives_exit_one_and_a_summary(tmp_path, ray_cluster):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "good.tar").write_bytes(tar_bytes(good_images(2)))
+    (tmp_path / "in" / "broken.tar").write_bytes(b"\x00garbage" * 200)
+    result = label("--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--max-retries", "0", *FAST)
+    assert result.returncode == 1, result.stderr
+    summary = summary_of(result)
+    assert {k: summary[k] for k in ("images_ok", "images_failed", "shards_written", "shards_skipped",
+                                    "shards_failed")} == {"images_ok": 2, "images_failed": 0, "shards_written": 1,
+                                                          "shards_skipped": 0, "shards_failed": 1}
+    assert summary["seconds"] > 0 and summary["failed"][0]["shard"] == "broken"
+
+
+@pytest.mark.integration
+def test_a_killed_driver_is_recovered_by_running_the_command_again(tmp_path, ray_cluster):
+    images = good_images(12)
+    write_files(tmp_path / "in", images)
+    args = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--shard-size", "2", *FAST]
+    driver = subprocess.Popen([sys.executable, LABEL, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = tmp_path / "out" / "_done"
+    deadline = time.monotonic() + 180
+    while not (done.exists() and any(done.iterdir())) and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    finished = len(list(done.iterdir()))
+    assert 1 <= finished < 6, "the driver was not killed mid-job"
+
+    result = label(*args)
+    assert result.returncode == 0, result.stderr
+    summary = summary_of(result)
+    assert summary["shards_skipped"] >= finished and summary["shards_skipped"] + summary["shards_written"] == 6
+    rows = read_output(str(tmp_path / "out"))
+    assert sorted(row["image_id"] for row in rows) == sorted(images)
+    assert all(row["status"] == "ok" for row in rows)
+
+
+@pytest.mark.integration
+def test_ray_job_submit_runs_the_job_on_a_cluster(tmp_path):
+    write_files(tmp_path / "in", good_images(3))
+    head, _, dashboard = start_ray_head(Path(tempfile.mkdtemp(prefix="dsjob-")), cpus=4, object_store_mb=128,
+                                        dashboard=True, worker_ports=(21000, 21999))
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", dashboard,
+             "--working-dir", str(ROOT), "--", "python", "jobs/label.py", "--input", str(tmp_path / "in"),
+             "--output", str(tmp_path / "out"), *FAST],
+            capture_output=True, text=True, timeout=300, env=env)
+    finally:
+        stop(head)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary_line = next(line for line in result.stdout.splitlines() if line.startswith("{\"images_ok\""))
+    assert json.loads(summary_line)["images_ok"] == 3
+    assert len(read_output(str(tmp_path / "out"))) == 3
