@@ -1,10 +1,13 @@
 import os
+import secrets
 
 # Tests never reach the Hub: every model comes from memory, a temp folder or a temp Hub cache.
 os.environ["HF_HUB_OFFLINE"] = "1"
 # Ray >= 2.59 turns token auth on for clusters it starts but not for `ray job submit`; every Ray process
-# of the tests (clusters, drivers, job submission) inherits this, so all sides agree.
+# of the tests (clusters, drivers, job submission) inherits these, so all sides agree on a token of their
+# own (`ray start` does not create one, and the user's ~/.ray is left alone).
 os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 import tempfile  # noqa: E402
