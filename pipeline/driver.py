@@ -114,6 +114,8 @@ class Plan:
     todo: list[Shard]
     identity: dict[str, Any]
     """What the output's manifest must match (the model's identity is added when a replica reports it)."""
+    started: float = field(default_factory=time.perf_counter)
+    """When planning began (`time.perf_counter()`); the summary's `seconds` count from here."""
 
 
 def prepare(job: LabelJob) -> Plan:
@@ -123,13 +125,15 @@ def prepare(job: LabelJob) -> Plan:
         InputError, StorageError: the input cannot be listed or holds nothing usable.
         OutputConflict: the output already holds masks made with other settings.
     """
+    started = time.perf_counter()
     source = Location(job.input, job.storage_options)
     dataset = OutputDataset(Location(job.output, job.storage_options))
     shards = plan(source, job.input_format, job.shard_size, job.columns)
     identity = _identity(job, source, shards)
     dataset.check(identity)
     done = dataset.done()
-    return Plan(job, source, dataset, shards, [shard for shard in shards if shard.name not in done], identity)
+    return Plan(job, source, dataset, shards, [shard for shard in shards if shard.name not in done], identity,
+                started)
 
 
 def execute(plan: Plan, progress: bool = True) -> Summary:
@@ -140,13 +144,14 @@ def execute(plan: Plan, progress: bool = True) -> Summary:
         JobError: the cluster cannot host the actors asked for.
         OutputConflict: the model differs from the one the output was started with.
     """
-    started = time.perf_counter()
+    started = plan.started
     output = plan.output.location
     summary = Summary(shards_skipped=len(plan.shards) - len(plan.todo), output=output.uri(""),
                       run_id=uuid.uuid4().hex)
     if plan.todo:
+        starting = time.perf_counter()
         actors, model = _start_actors(plan.job, plan.source, output, len(plan.todo))
-        summary.startup_seconds = time.perf_counter() - started
+        summary.startup_seconds = time.perf_counter() - starting
         try:
             plan.output.claim({**plan.identity, "model": model})
             _schedule(actors, plan.todo, plan.job.max_retries, summary, progress)
