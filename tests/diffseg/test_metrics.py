@@ -1,0 +1,91 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffseg.metrics import confusion, evaluate, match
+
+
+def close(actual: list[float], expected: list[float]) -> bool:
+    return all((math.isnan(a) and math.isnan(e)) or math.isclose(a, e) for a, e in zip(actual, expected, strict=True))
+
+
+def test_a_relabelled_perfect_prediction_scores_one():
+    label = np.array([[0, 0, 2], [1, 1, 2]])
+    result = evaluate([(label + 1) % 3], [label], num_classes=3)
+    assert (result["accuracy"], result["miou"], result["images"], result["pixels"]) == (1.0, 1.0, 1, 6)
+
+
+def test_more_segments_than_classes_count_the_unmatched_segment_as_missed():
+    # class 0 spans segments 0 and 1 (2 pixels each), class 1 is segment 2: class 0 keeps one of its two halves.
+    label, prediction = np.array([[0, 0, 0, 0, 1, 1]]), np.array([[0, 0, 1, 1, 2, 2]])
+    result = evaluate([prediction], [label], num_classes=2)
+    assert (result["tp"], result["fp"], result["fn"]) == ([2, 2], [0, 0], [2, 0])
+    assert result["accuracy"] == 4 / 6 and close(result["iou"], [0.5, 1.0]) and result["miou"] == 0.75
+
+
+def test_a_class_absent_from_the_image_is_matched_to_a_leftover_segment():
+    # 3 classes, only class 0 present, split over 2 segments: one absent class gets the other segment as FP,
+    # the third absent class meets an empty segment and has no IoU.
+    result = evaluate([np.array([[0, 0, 1, 1]])], [np.array([[0, 0, 0, 0]])], num_classes=3)
+    assert result["accuracy"] == 0.5
+    assert sorted(result["iou"], key=lambda v: (math.isnan(v), v))[:2] == [0.0, 0.5]
+    assert sum(math.isnan(v) for v in result["iou"]) == 1 and result["miou"] == 0.25
+
+
+def test_a_single_segment():
+    result = evaluate([np.zeros((2, 2), int)], [np.array([[0, 0], [1, 1]])], num_classes=2)
+    assert (result["tp"], result["fp"], result["fn"]) in (([2, 0], [2, 0], [0, 2]), ([0, 2], [0, 2], [2, 0]))
+    assert result["accuracy"] == 0.5 and result["miou"] == 0.25
+
+
+def test_ignored_pixels_and_all_ignore_images_count_for_nothing():
+    label = np.array([[0, -1], [1, -1]])
+    prediction = np.array([[1, 1], [0, 1]])  # the ignored pixels would be wrong
+    result = evaluate([prediction, np.zeros((2, 2), int)], [label, -np.ones((2, 2), int)], num_classes=2)
+    assert (result["accuracy"], result["miou"], result["images"], result["pixels"]) == (1.0, 1.0, 2, 2)
+    nothing = evaluate([np.zeros((2, 2), int)], [-np.ones((2, 2), int)], num_classes=2)
+    assert math.isnan(nothing["accuracy"]) and math.isnan(nothing["miou"])
+
+
+def test_per_image_matching_sums_over_images():
+    labels = [np.array([[0, 0, 1]]), np.array([[1, 1, 1, 0]])]
+    predictions = [np.array([[5, 5, 2]]), np.array([[0, 0, 1, 1]])]
+    # image 1: class 0 -> segment 5 (2 px), class 1 -> segment 2 (1 px); all right.
+    # image 2: class 1 -> segment 0 (2 px; segment 1 holds 1 px of class 1 and the class-0 pixel), class 0 ->
+    # segment 1 (1 px right, 1 px of class 1 as FP).
+    result = evaluate(predictions, labels, num_classes=2)
+    assert (result["tp"], result["fp"], result["fn"]) == ([3, 3], [1, 0], [0, 1])
+    assert result["accuracy"] == 6 / 7 and close(result["iou"], [3 / 4, 3 / 4])
+
+
+def test_the_dataset_protocol_matches_once_over_all_images():
+    labels = [np.array([[0, 1]]), np.array([[0, 1]])]
+    consistent = [np.array([[1, 0]]), np.array([[1, 0]])]
+    swapped = [np.array([[1, 0]]), np.array([[0, 1]])]
+    assert evaluate(consistent, labels, num_classes=2, protocol="dataset")["accuracy"] == 1.0
+    assert evaluate(swapped, labels, num_classes=2, protocol="dataset")["accuracy"] == 0.5
+    assert evaluate(swapped, labels, num_classes=2, protocol="per-image")["accuracy"] == 1.0
+    grown = evaluate([np.array([[0, 1, 2, 30]])], [np.array([[0, 1, 1, 1]])], num_classes=2, protocol="dataset")
+    assert grown["tp"] == [1, 1] and grown["pixels"] == 4
+
+
+def test_tensors_work_and_bad_input_is_refused():
+    assert evaluate([torch.tensor([[0, 1]])], [torch.tensor([[1, 0]])], num_classes=2)["miou"] == 1.0
+    with pytest.raises(ValueError, match="differ in shape"):
+        evaluate([np.zeros((2, 3), int)], [np.zeros((3, 2), int)])
+    with pytest.raises(ValueError, match="labels must be in 0..26 or -1"):
+        evaluate([np.zeros((1, 1), int)], [np.full((1, 1), 27)])
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        evaluate([], [], protocol="global")
+    with pytest.raises(ValueError):
+        evaluate([np.zeros((1, 1), int)], [])
+
+
+def test_confusion_and_match_are_the_building_blocks():
+    histogram = confusion(np.array([[0, 1, 1]]), np.array([[1, 1, 0]]), num_classes=2, num_segments=2)
+    assert histogram.tolist() == [[0, 1], [1, 1]]
+    tp, fp, fn = match(histogram)
+    assert tp.tolist() == [1, 1] and fp.tolist() == [1, 0] and fn.tolist() == [0, 1]
+
