@@ -21,8 +21,8 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from diffseg import DiffSegConfig, builtin, segment_from_attention
 from diffseg.attention import SelfAttentionCapture
+from diffseg.model import DTYPES
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def peak_gib() -> float:

@@ -67,7 +67,8 @@ def suite(name: str, model: str, config: DiffSegConfig, files: list[Path], shard
     print(f"  in-process loop:  {loop:8.2f} s  {count / loop:7.3f} img/s  {1000 * loop / count:8.1f} ms/img")
     print(f"  job, labeling:    {labeling:8.2f} s  {count / labeling:7.3f} img/s  {1000 * labeling / count:8.1f} ms/img"
           f"   (job/loop throughput {loop / labeling:.3f})")
-    print(f"  job, end to end:  {summary.seconds:8.2f} s  (startup: actor + model load {summary.startup_seconds:.2f} s)")
+    print(f"  job, end to end:  {summary.seconds:8.2f} s  "
+          f"(startup: actor + model load {summary.startup_seconds:.2f} s)")
     print(f"  job overhead per image: {1000 * (labeling - loop) / count:+.1f} ms")
     assert summary.images_ok == count and summary.shards_failed == 0
 
@@ -79,7 +80,8 @@ def main() -> None:
     parser.add_argument("--tiny-images", type=int, default=1000)
     args = parser.parse_args()
     cpus = os.cpu_count() or 1
-    print(f"{platform.processor() or platform.machine()}, {cpus} CPUs, torch {torch.__version__}, ray {ray.__version__}")
+    print(f"{platform.processor() or platform.machine()}, {cpus} CPUs, torch {torch.__version__}, "
+          f"ray {ray.__version__}")
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, object_store_memory=256 * 2**20,
              logging_level="WARNING")
     work = Path(tempfile.mkdtemp(prefix="bench-job-"))

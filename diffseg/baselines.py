@@ -3,7 +3,8 @@
 K-Means-C clusters an image's aggregated attention maps (one per query cell, 4096 at 512 px) into a
 constant K (the paper uses 6); K-Means-S uses K = the number of ground-truth classes present in the image,
 so it needs labels and exists for evaluation. The clusters' mean maps then go through the same label map
-step as DiffSeg's proposals (bilinear upsampling and per-pixel argmax).
+step as DiffSeg's proposals (bilinear upsampling and per-pixel argmax); clustering and means are the
+same as DiffSeg's optional refinement, seeded by k-means++ instead of the merged proposals.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import torch
 
 from .aggregate import aggregate
 from .labels import label_map
-from .refine import kmeans
+from .refine import refine
+from .segment import unbatch
 
 KMEANS_C_CLUSTERS = 6
 """K of the paper's K-Means-C baseline."""
@@ -37,23 +39,16 @@ def kmeans_from_attention(maps: Sequence[torch.Tensor], num_clusters: int | Sequ
         int64 labels `(B, height, width)`, or `(height, width)` for unbatched maps; per image 0..K'-1 with
         K' <= K (clusters that win no pixel get no label).
     """
-    batched = maps[0].ndim == 5
-    if not batched:
-        maps = [m.unsqueeze(0) for m in maps]
-    count = maps[0].shape[0]
-    ks = [num_clusters] * count if isinstance(num_clusters, int) else list(num_clusters)
-    if len(ks) != count:
-        raise ValueError(f"{len(ks)} cluster counts for {count} images")
-    grid = max((tuple(m.shape[1:3]) for m in maps), key=lambda g: g[0] * g[1])
-    output_size = tuple(output_size) if output_size is not None else (grid[0] * 8, grid[1] * 8)
+    images, grid, output_size, batched = unbatch(maps, output_size)
+    ks = [num_clusters] * len(images) if isinstance(num_clusters, int) else list(num_clusters)
+    if len(ks) != len(images):
+        raise ValueError(f"{len(ks)} cluster counts for {len(images)} images")
     labels = []
-    for b, k in enumerate(ks):
+    for image, k in zip(images, ks):
         if not 1 <= k <= grid[0] * grid[1]:
             raise ValueError(f"num_clusters must be in 1..{grid[0] * grid[1]}, got {k}")
-        attention = aggregate([m[b] for m in maps], weights).double()
-        assignment = kmeans(attention, _kmeans_plus_plus(attention, k, seed))
-        means = torch.stack([attention[assignment == c].mean(dim=0) for c in range(k) if (assignment == c).any()])
-        labels.append(label_map(means, grid, output_size))
+        attention = aggregate(image, weights)
+        labels.append(label_map(refine(attention, _kmeans_plus_plus(attention, k, seed)), grid, output_size))
     stacked = torch.stack(labels)
     return stacked if batched else stacked[0]
 

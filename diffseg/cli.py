@@ -12,13 +12,12 @@ import torch
 from tqdm import tqdm
 
 from .config import CROP_MODES, DiffSegConfig
-from .model import DEFAULT_MODEL, ModelLoadError
+from .model import DEFAULT_MODEL, DTYPES, ModelLoadError
 from .preprocess import MAX_PIXELS, PreparedImage
 from .segmenter import DiffSeg
 from .visualize import label_image, overlay, to_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

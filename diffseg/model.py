@@ -17,6 +17,8 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from . import builtin
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+"""Model precisions by name, as command lines accept them."""
 
 # What is fetched from the Hub for a model id: configs, the tokenizer and the fp32 safetensors weights
 # of the three models used, not the checkpoints, fp16 variants or safety checker a repository also holds.

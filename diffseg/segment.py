@@ -33,6 +33,15 @@ def segment_from_attention(
         int64 labels `(B, height, width)`, or `(height, width)` for unbatched maps; per image 0..K-1.
     """
     config = config or DiffSegConfig()
+    images, grid, output_size, batched = unbatch(maps, output_size)
+    labels = torch.stack([_segment_one(image, grid, config, output_size) for image in images])
+    return labels if batched else labels[0]
+
+
+def unbatch(maps: Sequence[torch.Tensor], output_size: tuple[int, int] | None
+            ) -> tuple[list[list[torch.Tensor]], tuple[int, int], tuple[int, int], bool]:
+    """Per-image lists of per-resolution maps from batched `(B, h, w, h, w)` or single `(h, w, h, w)` maps,
+    with the finest grid, the output size (default: that grid upsampled 8x) and whether `maps` was batched."""
     batched = maps[0].ndim == 5
     if any(m.ndim != (5 if batched else 4) for m in maps):
         raise ValueError("attention maps must all be (B, h, w, h, w) or all (h, w, h, w)")
@@ -40,10 +49,7 @@ def segment_from_attention(
         maps = [m.unsqueeze(0) for m in maps]
     grid = max((tuple(m.shape[1:3]) for m in maps), key=lambda g: g[0] * g[1])
     output_size = tuple(output_size) if output_size is not None else (grid[0] * 8, grid[1] * 8)
-    labels = torch.stack([
-        _segment_one([m[b] for m in maps], grid, config, output_size) for b in range(maps[0].shape[0])
-    ])
-    return labels if batched else labels[0]
+    return [[m[b] for m in maps] for b in range(maps[0].shape[0])], grid, output_size, batched
 
 
 def _segment_one(maps: list[torch.Tensor], grid: tuple[int, int], config: DiffSegConfig,

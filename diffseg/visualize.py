@@ -38,9 +38,13 @@ def palette(count: int) -> np.ndarray:
 def overlay(image: Image.Image, labels: torch.Tensor, alpha: float = 0.5) -> Image.Image:
     """`image` blended with the colored label map, at the image's size (labels resized nearest)."""
     resized = label_image(labels).resize(image.size, Image.Resampling.NEAREST)
-    array = np.asarray(resized).astype(np.int64)
-    colors = palette(int(labels.max()) + 1)[array]
-    return Image.blend(image.convert("RGB"), Image.fromarray(colors), alpha)
+    return Image.blend(image.convert("RGB"), colorize(np.asarray(resized)), alpha)
+
+
+def colorize(labels: torch.Tensor | np.ndarray) -> Image.Image:
+    """The `(H, W)` label map as an RGB image, each label in its `palette` color."""
+    array = (labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)).astype(np.int64)
+    return Image.fromarray(palette(int(array.max(initial=0)) + 1)[array])
 
 
 def to_image(pixels: torch.Tensor) -> Image.Image:

@@ -24,7 +24,7 @@ import pyarrow.dataset as ds  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
-from diffseg.visualize import overlay, palette  # noqa: E402
+from diffseg.visualize import colorize, overlay  # noqa: E402
 from pipeline.storage import Location, StorageError, parse_storage_options  # noqa: E402
 
 
@@ -64,7 +64,7 @@ def _export(row: dict, out: Path, storage_options: dict) -> None:
     except (OSError, ValueError):
         picture = None
     if picture is None:
-        picture = Image.fromarray(palette(int(labels.max()) + 1)[labels.numpy()])
+        picture = colorize(labels)
     picture.save(target.with_name(target.name + ".overlay.png"))
 
 

@@ -20,12 +20,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from diffseg import DEFAULT_MODEL, DiffSegConfig, ModelLoadError  # noqa: E402
 from diffseg.cli import parse_thresholds  # noqa: E402
 from diffseg.config import CROP_MODES  # noqa: E402
+from diffseg.model import DTYPES  # noqa: E402
 from diffseg.preprocess import MAX_PIXELS  # noqa: E402
 from pipeline.driver import JobError, LabelJob, connect, execute, prepare  # noqa: E402
 from pipeline.output import OutputConflict  # noqa: E402
 from pipeline.sources import FORMATS, InputError, ParquetColumns  # noqa: E402
 from pipeline.storage import StorageError, parse_storage_options  # noqa: E402
-from pipeline.worker import DTYPES  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,8 +47,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--input-format", choices=FORMATS, default="auto",
                    help="default: detected from the files found")
     p.add_argument("--shard-size", type=int, default=1000, help="images per shard for image folders (default 1000)")
-    p.add_argument("--image-column", default=None, help="Parquet inputs: column of image bytes (default: image, jpg, ...)")
-    p.add_argument("--id-column", default=None, help="Parquet inputs: column of image ids (default: key, else FILE#ROW)")
+    p.add_argument("--image-column", default=None,
+                   help="Parquet inputs: column of image bytes (default: image, jpg, ...)")
+    p.add_argument("--id-column", default=None,
+                   help="Parquet inputs: column of image ids (default: key, else FILE#ROW)")
     p.add_argument("--num-actors", type=int, default=None,
                    help="model replicas (default: one per GPU, or one per node without GPUs)")
     p.add_argument("--gpus-per-actor", type=float, default=None,
@@ -69,7 +71,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="larger images become error rows")
     p.add_argument("--max-retries", type=int, default=3, help="further attempts per failed shard (default 3)")
     p.add_argument("--storage-options", default=None, help="JSON object of fsspec options for input and output")
-    p.add_argument("--address", default=None, help="Ray cluster address, or auto for a running local one (default: RAY_ADDRESS, else a new local Ray)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster address, or auto for a running local one (default: RAY_ADDRESS, else a new "
+                        "local Ray)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 

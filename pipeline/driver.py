@@ -10,7 +10,7 @@ import os
 import sys
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -74,15 +74,16 @@ class Summary:
     """Wall time of the whole run."""
     startup_seconds: float = 0.0
     """Part of `seconds` spent starting the actors and loading their model replicas."""
-    images_per_second: float = 0.0
     output: str = ""
     run_id: str = ""
     failed: list[dict[str, str]] = field(default_factory=list)
     """`{"shard": name, "error": last error}` for each shard that failed for good."""
 
     def to_dict(self) -> dict[str, Any]:
+        """All fields (times rounded to ms) and `images_per_second` over the whole run."""
+        images = self.images_ok + self.images_failed
         return {**asdict(self), "seconds": round(self.seconds, 3), "startup_seconds": round(self.startup_seconds, 3),
-                "images_per_second": round(self.images_per_second, 3)}
+                "images_per_second": round(images / self.seconds, 3) if self.seconds else 0.0}
 
 
 class JobError(RuntimeError):
@@ -159,7 +160,6 @@ def execute(plan: Plan, progress: bool = True) -> Summary:
             for actor in actors:
                 ray.kill(actor)
     summary.seconds = time.perf_counter() - started
-    summary.images_per_second = (summary.images_ok + summary.images_failed) / max(summary.seconds, 1e-9)
     return summary
 
 
@@ -216,45 +216,47 @@ def _start_actors(job: LabelJob, source: Location, output: Location, shards: int
 def _schedule(actors: list, shards: list[Shard], max_retries: int, summary: Summary, progress: bool) -> None:
     """Keep every actor busy with up to `IN_FLIGHT_PER_ACTOR` shards from one queue until all are done."""
     pending = deque(shards)
-    attempts: dict[str, int] = {}
+    attempts: Counter[str] = Counter()
     in_flight: dict[ray.ObjectRef, tuple[int, Shard]] = {}
-    load = [0] * len(actors)
-    bar = tqdm(total=len(shards), unit="shard", file=sys.stderr, disable=not progress, mininterval=1.0,
-               dynamic_ncols=True)
     begun = time.perf_counter()
-    with bar:
+    with tqdm(total=len(shards), unit="shard", file=sys.stderr, disable=not progress, mininterval=1.0,
+              dynamic_ncols=True) as bar:
         while pending or in_flight:
-            for index in sorted(range(len(actors)), key=load.__getitem__):
-                while pending and load[index] < IN_FLIGHT_PER_ACTOR:
+            busy = Counter(index for index, _ in in_flight.values())
+            for index in sorted(range(len(actors)), key=busy.__getitem__):
+                for _ in range(min(IN_FLIGHT_PER_ACTOR - busy[index], len(pending))):
                     shard = pending.popleft()
                     in_flight[actors[index].process.remote(shard, summary.run_id)] = (index, shard)
-                    load[index] += 1
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
             for ref in ready:
-                index, shard = in_flight.pop(ref)
-                load[index] -= 1
+                _, shard = in_flight.pop(ref)
                 try:
-                    report = ray.get(ref)
+                    marker = ray.get(ref)
                 except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as error:
-                    attempts[shard.name] = attempts.get(shard.name, 0) + 1
-                    reason = _reason(error)
-                    if attempts[shard.name] > max_retries:
-                        summary.shards_failed += 1
-                        summary.failed.append({"shard": shard.name, "error": reason})
-                        bar.write(f"shard {shard.name} failed for good: {reason}", file=sys.stderr)
-                        bar.update()
-                    else:
-                        summary.retries += 1
-                        bar.write(f"shard {shard.name} will be retried: {reason}", file=sys.stderr)
+                    attempts[shard.name] += 1
+                    if attempts[shard.name] <= max_retries:
                         pending.append(shard)
+                    _note_failure(summary, bar, shard.name, _reason(error), final=attempts[shard.name] > max_retries)
                     continue
                 summary.shards_written += 1
-                summary.images_ok += report["images_ok"]
-                summary.images_failed += report["images_failed"]
+                summary.images_ok += marker["images_ok"]
+                summary.images_failed += marker["images_failed"]
                 images = summary.images_ok + summary.images_failed
                 bar.set_postfix(images=images, img_per_s=f"{images / (time.perf_counter() - begun):.2f}",
                                 refresh=False)
                 bar.update()
+
+
+def _note_failure(summary: Summary, bar: tqdm, shard: str, reason: str, final: bool) -> None:
+    """Count and log a failed attempt: a retry, or (`final`) a shard given up."""
+    if final:
+        summary.shards_failed += 1
+        summary.failed.append({"shard": shard, "error": reason})
+        bar.write(f"shard {shard} failed for good: {reason}", file=sys.stderr)
+        bar.update()
+    else:
+        summary.retries += 1
+        bar.write(f"shard {shard} will be retried: {reason}", file=sys.stderr)
 
 
 def _reason(error: Exception) -> str:

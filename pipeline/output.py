@@ -84,26 +84,26 @@ class OutputDataset:
 
     location: Location
 
-    def check(self, identity: dict[str, Any]) -> None:
-        """Compare `identity` with the manifest's, key by key, if the output has a manifest.
+    def check(self, identity: dict[str, Any]) -> dict[str, Any] | None:
+        """Compare `identity` with the manifest's, key by key; returns the manifest (None if there is none).
 
         Raises:
             OutputConflict: a value differs; mixing would silently combine masks made differently, so
                 the caller must choose another output.
         """
         if not self.location.exists(MANIFEST):
-            return
+            return None
         existing = json.loads(self.location.read(MANIFEST))
         changed = sorted(key for key in identity if existing.get(key) != identity[key])
         if changed:
             raise OutputConflict(
                 f"{self.location.url} already holds masks made with a different {', '.join(changed)} "
                 f"(see {self.location.uri(MANIFEST)}); write to another --output")
+        return existing
 
     def claim(self, identity: dict[str, Any]) -> None:
         """`check` `identity`, and record it as the manifest if there is none yet."""
-        self.check(identity)
-        if not self.location.exists(MANIFEST):
+        if self.check(identity) is None:
             self.location.write(MANIFEST, json.dumps(identity, indent=2, sort_keys=True).encode())
 
     def done(self) -> set[str]:
@@ -111,12 +111,13 @@ class OutputDataset:
         return {key.removesuffix(".json") for key in
                 (name[len(DONE) + 1:] for name in self.location.files(DONE)) if key.endswith(".json")}
 
-    def write(self, shard: str, rows: list[Row], provenance: dict[str, Any]) -> None:
-        """Write the shard's mask file in one piece, then its marker. A retry after a crash between the two
-        rewrites the same file name, so a shard never appears twice."""
+    def write(self, shard: str, rows: list[Row], provenance: dict[str, Any]) -> dict[str, Any]:
+        """Write the shard's mask file in one piece, then its marker, and return the marker. A retry after a
+        crash between the two rewrites the same file name, so a shard never appears twice."""
         self.location.write(f"{shard}.parquet", encode_shard(rows, provenance))
         marker = {"shard": shard, "file": f"{shard}.parquet", "rows": len(rows),
                   "images_ok": sum(row.status == "ok" for row in rows),
                   "images_failed": sum(row.status != "ok" for row in rows),
                   "run_id": provenance.get("run_id"), "created": provenance.get("created")}
         self.location.write(f"{DONE}/{shard}.json", json.dumps(marker).encode())
+        return marker

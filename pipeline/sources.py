@@ -113,7 +113,8 @@ def plan(source: Location, input_format: str = "auto", shard_size: int = 1000,
         return [Shard(f"part-{index:0{width}d}", "images", tuple(files[start:start + shard_size]))
                 for index, start in enumerate(range(0, len(files), shard_size))]
     if input_format == "parquet":
-        image_column(source, files[0].key, pq.read_schema(source.fs.open(source.path(files[0].key))), columns)
+        with source.fs.open(source.path(files[0].key), "rb") as first:
+            image_column(source, files[0].key, pq.read_schema(first), columns)
     return [Shard(posixpath.splitext(f.key)[0], input_format, (f,)) for f in files]
 
 

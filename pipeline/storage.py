@@ -115,6 +115,3 @@ class Location:
         finally:
             if os.path.exists(temporary):
                 os.remove(temporary)
-
-    def remove(self, relative: str) -> None:
-        self._fs.rm(self.path(relative))

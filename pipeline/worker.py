@@ -9,19 +9,18 @@ calling thread, and two teams on the same cores spin against each other (measure
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
-import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from diffseg import DiffSeg, DiffSegConfig, ModelLoadError
+from diffseg.model import DTYPES
 from diffseg.preprocess import MAX_PIXELS, PreparedImage
 from diffseg.regions import regions
 from diffseg.visualize import label_png
@@ -30,9 +29,6 @@ from .output import OutputDataset, Row
 from .provenance import environment, now
 from .sources import ParquetColumns, Record, Shard, read
 from .storage import Location
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
 
 @dataclass(frozen=True)
 class WorkerSettings:
@@ -78,7 +74,7 @@ class LabelWorker:
     def load(self) -> dict[str, Any]:
         """Load the model; returns `{"info": provenance}` or `{"error": one line}` if it cannot be loaded."""
         try:
-            return {"info": self.segmenter().info, "pid": os.getpid()}
+            return {"info": self.segmenter().info}
         except (ModelLoadError, ValueError) as error:
             return {"error": str(error)}
 
@@ -98,16 +94,15 @@ class LabelWorker:
                                        revision=settings.revision, max_pixels=settings.max_pixels)
 
     def process(self, shard: Shard, run_id: str) -> dict[str, Any]:
-        """Segment every image of `shard` and write its mask file; returns counts and timings.
+        """Segment every image of `shard` and write its mask file; returns its `_done/` marker (with the
+        `images_ok` and `images_failed` counts).
 
         Images that cannot be read or decoded become error rows. Raises when the shard itself cannot be
         read or written (the driver retries it).
         """
-        started = time.perf_counter()
         segmenter = self.segmenter()
         rows: dict[int, Row] = {}
         buckets: dict[tuple[int, ...], list[tuple[int, Record, PreparedImage]]] = defaultdict(list)
-        model_seconds = 0.0
         for index, record, prepared in _prefetch(lambda: self._decoded(shard, segmenter),
                                                  4 * self.settings.batch_size):
             if prepared is None:
@@ -116,19 +111,16 @@ class LabelWorker:
             bucket = buckets[tuple(prepared.pixels.shape)]
             bucket.append((index, record, prepared))
             if len(bucket) == self.settings.batch_size:
-                model_seconds += self._segment(bucket, rows, segmenter)
+                self._segment(bucket, rows, segmenter)
         for bucket in buckets.values():
             if bucket:
-                model_seconds += self._segment(bucket, rows, segmenter)
+                self._segment(bucket, rows, segmenter)
         ordered = [rows[index] for index in sorted(rows)]
         provenance = {**segmenter.info, **environment(), "run_id": run_id, "created": now(),
                       "batch_size": self.settings.batch_size,
                       "input": self.placement.source.uri(""), "shard": {"name": shard.name,
                                                                        **shard.identity(self.placement.source)}}
-        self.output.write(shard.name, ordered, provenance)
-        return {"shard": shard.name, "images_ok": sum(row.status == "ok" for row in ordered),
-                "images_failed": sum(row.status != "ok" for row in ordered),
-                "seconds": time.perf_counter() - started, "model_seconds": model_seconds, "pid": os.getpid()}
+        return self.output.write(shard.name, ordered, provenance)
 
     def _decoded(self, shard: Shard, segmenter: DiffSeg) -> Iterator[tuple[int, Record, PreparedImage | None]]:
         for index, record in enumerate(read(shard, self.placement.source, self.placement.columns)):
@@ -142,20 +134,16 @@ class LabelWorker:
                 yield index, Record(record.image_id, record.source_uri, None, reason), None
 
     def _segment(self, bucket: list[tuple[int, Record, PreparedImage]], rows: dict[int, Row],
-                 segmenter: DiffSeg) -> float:
-        """Segment one batch into `rows` and empty the bucket; returns seconds spent on the model (including
-        waiting for it while it works on another shard's batch)."""
+                 segmenter: DiffSeg) -> None:
+        """Segment one batch into `rows` and empty the bucket."""
         images = [prepared for _, _, prepared in bucket]
-        started = time.perf_counter()
         labels = self._model_thread.submit(segmenter.segment_prepared, images, self.settings.batch_size).result()
-        elapsed = time.perf_counter() - started
         for (index, record, _), mask in zip(bucket, labels):
             found = regions(mask)
             rows[index] = Row(record.image_id, record.source_uri, width=mask.shape[1], height=mask.shape[0],
                               mask=label_png(mask), num_segments=len(found),
                               segments=[{"id": r.id, "area": r.area, "bbox": list(r.bbox)} for r in found])
         bucket.clear()
-        return elapsed
 
 
 _END = object()
