@@ -1,56 +1,31 @@
 """The paper's K-Means baselines on the same aggregated attention as DiffSeg.
 
 K-Means-C clusters an image's aggregated attention maps (one per query cell, 4096 at 512 px) into a
-constant K (the paper uses 6); K-Means-S uses K = the number of ground-truth classes present in the image,
-so it needs labels and exists for evaluation. The clusters' mean maps then go through the same label map
-step as DiffSeg's proposals (bilinear upsampling and per-pixel argmax); clustering and means are the
-same as DiffSeg's optional refinement, seeded by k-means++ instead of the merged proposals.
+constant K (the paper uses 6; `DiffSegConfig(method="kmeans-c", num_clusters=K)`); K-Means-S uses K = the
+number of ground-truth classes present in the image, so it needs labels and exists for evaluation (the same
+config with K set per image). The clusters' mean maps then go through the same label map step as DiffSeg's
+proposals (bilinear upsampling and per-pixel argmax); clustering and means are the same as DiffSeg's optional
+refinement, seeded by k-means++ instead of the merged proposals.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from .aggregate import aggregate
-from .labels import label_map
 from .refine import refine
-from .segment import unbatch
 
-KMEANS_C_CLUSTERS = 6
-"""K of the paper's K-Means-C baseline."""
+SEED = 0
+"""Seed of the k-means++ initialization: the same image and K always give the same clusters."""
 
 
-def kmeans_from_attention(maps: Sequence[torch.Tensor], num_clusters: int | Sequence[int] = KMEANS_C_CLUSTERS,
-                          output_size: tuple[int, int] | None = None,
-                          weights: Sequence[float] | None = None, seed: int = 0) -> torch.Tensor:
-    """Label maps from K-Means on the aggregated attention.
+def kmeans_proposals(attention: torch.Tensor, num_clusters: int, seed: int = SEED) -> torch.Tensor:
+    """Mean maps `(K', N)` of the K-Means clusters (K' <= K non-empty ones) of the `(N, N)` attention maps.
 
-    Args:
-        maps: per-resolution attention, each `(B, h, w, h, w)` or `(h, w, h, w)`, as for
-            `segment_from_attention`.
-        num_clusters: K for every image, or one K per image (K-Means-S). At most h*w.
-        output_size: `(height, width)` of the label maps; default the finest grid upsampled 8x.
-        weights: aggregation weight per resolution; None = proportional to the grid side.
-        seed: seed of the k-means++ initialization; the same seed gives the same labels.
-
-    Returns:
-        int64 labels `(B, height, width)`, or `(height, width)` for unbatched maps; per image 0..K'-1 with
-        K' <= K (clusters that win no pixel get no label).
+    Raises `ValueError` unless 1 <= `num_clusters` <= N.
     """
-    images, grid, output_size, batched = unbatch(maps, output_size)
-    ks = [num_clusters] * len(images) if isinstance(num_clusters, int) else list(num_clusters)
-    if len(ks) != len(images):
-        raise ValueError(f"{len(ks)} cluster counts for {len(images)} images")
-    labels = []
-    for image, k in zip(images, ks):
-        if not 1 <= k <= grid[0] * grid[1]:
-            raise ValueError(f"num_clusters must be in 1..{grid[0] * grid[1]}, got {k}")
-        attention = aggregate(image, weights)
-        labels.append(label_map(refine(attention, _kmeans_plus_plus(attention, k, seed)), grid, output_size))
-    stacked = torch.stack(labels)
-    return stacked if batched else stacked[0]
+    if not 1 <= num_clusters <= len(attention):
+        raise ValueError(f"num_clusters must be in 1..{len(attention)}, got {num_clusters}")
+    return refine(attention, _kmeans_plus_plus(attention, num_clusters, seed))
 
 
 def _kmeans_plus_plus(points: torch.Tensor, k: int, seed: int) -> torch.Tensor:

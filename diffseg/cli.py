@@ -7,11 +7,12 @@ import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from .config import CROP_MODES, DiffSegConfig
+from .config import CROP_MODES, METHODS, DiffSegConfig
 from .model import DEFAULT_MODEL, DTYPES, ModelLoadError
 from .preprocess import MAX_PIXELS, PreparedImage
 from .segmenter import DiffSeg
@@ -24,8 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 all done, 1 some images skipped, 2 usage or model error)."""
     args = _parser().parse_args(argv)
     try:
-        config = DiffSegConfig(kl_threshold=args.kl_threshold, num_points=args.num_points, timestep=args.timestep,
-                               resolution=args.resolution, crop=args.crop, refine=args.refine)
+        config = config_from_args(args)
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
         jobs = list(_inputs(args.inputs))
@@ -49,20 +49,39 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("--out", required=True, help="folder for NAME.mask.png and NAME.overlay.png")
     seg.add_argument("--model", default=DEFAULT_MODEL,
                      help=f"Hub id, local diffusers folder, or 'tiny' (default {DEFAULT_MODEL})")
-    seg.add_argument("--kl-threshold", type=parse_thresholds, default=DiffSegConfig.kl_threshold,
-                     help="merge threshold, or one per pass comma-separated (default 1.1)")
-    seg.add_argument("--num-points", type=int, default=DiffSegConfig.num_points, help="anchor grid side")
-    seg.add_argument("--timestep", type=int, default=DiffSegConfig.timestep)
-    seg.add_argument("--resolution", type=int, default=DiffSegConfig.resolution,
-                     help="processing size of the longer side, a multiple of 64")
-    seg.add_argument("--crop", choices=CROP_MODES, default=DiffSegConfig.crop)
-    seg.add_argument("--refine", action="store_true", help="K-Means refinement of the merged segments")
+    add_algorithm_arguments(seg)
     seg.add_argument("--batch-size", type=int, default=1)
     seg.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     seg.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                      help="model precision (default: float16 on cuda, float32 on cpu)")
     seg.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse larger images")
     return parser
+
+
+def add_algorithm_arguments(parser: argparse.ArgumentParser, methods: Sequence[str] = METHODS) -> None:
+    """The `DiffSegConfig` flags shared by every command line (`config_from_args` reads them back)."""
+    parser.add_argument("--method", choices=methods, default=DiffSegConfig.method,
+                        help="diffseg (the paper's method, default) or a K-Means baseline on the same attention")
+    parser.add_argument("--kl-threshold", type=parse_thresholds, default=DiffSegConfig.kl_threshold,
+                        help="merge threshold, or one per pass comma-separated (default 1.1)")
+    parser.add_argument("--num-points", type=int, default=DiffSegConfig.num_points,
+                        help="anchor grid side (default 16)")
+    parser.add_argument("--num-clusters", type=int, default=DiffSegConfig.num_clusters,
+                        help="K of --method kmeans-c (default 6)")
+    parser.add_argument("--timestep", type=int, default=DiffSegConfig.timestep, help="default 300")
+    parser.add_argument("--resolution", type=int, default=DiffSegConfig.resolution,
+                        help="processing size of the longer side, a multiple of 64 (default 512)")
+    parser.add_argument("--crop", choices=CROP_MODES, default=DiffSegConfig.crop,
+                        help="none: whole image (default); center: the paper's square crop")
+    parser.add_argument("--refine", action="store_true", help="K-Means refinement of the merged segments")
+
+
+def config_from_args(args: argparse.Namespace, **overrides: Any) -> DiffSegConfig:
+    """The `DiffSegConfig` of flags added by `add_algorithm_arguments`; raises `ValueError` on a bad value."""
+    settings = dict(method=args.method, kl_threshold=args.kl_threshold, num_points=args.num_points,
+                    num_clusters=args.num_clusters, timestep=args.timestep, resolution=args.resolution,
+                    crop=args.crop, refine=args.refine)
+    return DiffSegConfig(**{**settings, **overrides})
 
 
 def parse_thresholds(text: str) -> float | tuple[float, ...]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 CROP_MODES = ("none", "center")
+METHODS = ("diffseg", "kmeans-c")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,14 @@ class DiffSegConfig:
     refine: bool = False
     """K-Means refinement of the merged proposals (as in the official demo; off for the paper's numbers)."""
 
+    method: str = "diffseg"
+    """How segments are formed from the aggregated attention. "diffseg": anchors and iterative KL merging (the
+    paper's method; uses `kl_threshold`, `num_points`, `refine`). "kmeans-c": the paper's K-Means-C baseline,
+    K-Means of the attention maps into `num_clusters` clusters (k-means++ seeded with a fixed seed)."""
+
+    num_clusters: int = 6
+    """K of the "kmeans-c" method (the paper's K-Means-C uses 6); unused by "diffseg"."""
+
     def __post_init__(self) -> None:
         taus = self.kl_threshold
         if isinstance(taus, Sequence) and not isinstance(taus, str):
@@ -64,6 +73,12 @@ class DiffSegConfig:
             raise ValueError(f"resolution must be a positive multiple of 64, got {self.resolution}")
         if self.crop not in CROP_MODES:
             raise ValueError(f"crop must be one of {CROP_MODES}, got {self.crop!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.num_clusters < 1:
+            raise ValueError(f"num_clusters must be at least 1, got {self.num_clusters}")
+        if self.refine and self.method != "diffseg":
+            raise ValueError("refine applies to the diffseg method only")
         if self.weights is not None:
             weights = tuple(float(w) for w in self.weights)
             if not weights or any(w < 0 for w in weights) or sum(weights) <= 0:

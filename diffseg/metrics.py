@@ -16,7 +16,8 @@ denominator is 0 (never present and never predicted).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -43,24 +44,101 @@ def confusion(prediction: np.ndarray, label: np.ndarray, num_classes: int, num_s
     return flat.reshape(num_classes, num_segments)
 
 
-def match(histogram: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+class Match(NamedTuple):
+    """The outcome of matching one histogram: per-class counts and the segment each class got."""
+
+    tp: np.ndarray
+    fp: np.ndarray
+    fn: np.ndarray
+    segment: np.ndarray
+    """`(classes,)` column matched to each class."""
+
+
+def match(histogram: np.ndarray) -> Match:
     """Hungarian matching of classes (rows) to segments (columns) maximizing matched pixels.
 
-    Returns per-class TP, FP and FN (int64, length = rows). The histogram must have at least as many
-    columns as rows, so that every class gets a segment (possibly an empty one).
+    Returns per-class TP, FP and FN (int64, length = rows) and the matched column of each class. The
+    histogram must have at least as many columns as rows, so that every class gets a segment (possibly an
+    empty one).
     """
     rows, columns = linear_sum_assignment(histogram, maximize=True)
     tp = np.zeros(histogram.shape[0], dtype=np.int64)
     fp = np.zeros_like(tp)
+    segment = np.zeros_like(tp)
     tp[rows] = histogram[rows, columns]
     fp[rows] = histogram[:, columns].sum(axis=0) - tp[rows]
-    fn = histogram.sum(axis=1) - tp
-    return tp, fp, fn
+    segment[rows] = columns
+    return Match(tp, fp, histogram.sum(axis=1) - tp, segment)
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    """One image's scores under its own (per-image) matching."""
+
+    accuracy: float
+    """Matched pixels / valid pixels; NaN when the image has no valid pixel."""
+    miou: float
+    """Mean IoU over the classes present or matched to a non-empty segment; NaN when there is none."""
+    pixels: int
+    """Valid (not ignored) pixels."""
+    classes: int
+    """Classes present among the valid pixels."""
+    segments: int
+    """Segments predicted (over all pixels, ignored ones included)."""
+    segment_class: np.ndarray
+    """`(K,)` class matched to each predicted segment id, -1 for segments left unmatched."""
+
+
+class Evaluation:
+    """Scores accumulated image by image: `add` each (prediction, label) pair, then read `result()`.
+
+    Args:
+        num_classes: classes of the labels (27 for COCO-Stuff-27 and Cityscapes).
+        ignore_index: label value of pixels that are not scored.
+        protocol: "per-image" (the paper's) or "dataset" (see the module docstring).
+    """
+
+    def __init__(self, num_classes: int = 27, ignore_index: int = -1, protocol: str = "per-image") -> None:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        self.num_classes, self.ignore_index, self.protocol = num_classes, ignore_index, protocol
+        self.tp = np.zeros(num_classes, dtype=np.int64)
+        self.fp, self.fn = np.zeros_like(self.tp), np.zeros_like(self.tp)
+        self.histogram = np.zeros((num_classes, num_classes), dtype=np.int64)
+        self.images = 0
+
+    def add(self, prediction: Any, label: Any) -> ImageScore:
+        """Score one `(H, W)` prediction (segment ids 0..K-1) against its `(H, W)` label; returns the image's
+        own scores. Raises `ValueError` on shape mismatch or out-of-range ids."""
+        prediction, label = _array(prediction), _array(label)
+        segments = int(prediction.max(initial=0)) + 1
+        histogram = confusion(prediction, label, self.num_classes, max(self.num_classes, segments),
+                              self.ignore_index)
+        own = match(histogram)
+        self.images += 1
+        if self.protocol == "per-image":
+            self.tp, self.fp, self.fn = self.tp + own.tp, self.fp + own.fp, self.fn + own.fn
+        else:
+            self.histogram = _grow(self.histogram, histogram.shape[1])
+            self.histogram[:, :histogram.shape[1]] += histogram
+        segment_class = np.full(histogram.shape[1], -1, dtype=np.int64)
+        segment_class[own.segment] = np.arange(self.num_classes)
+        summary = _summary(own.tp, own.fp, own.fn)
+        return ImageScore(accuracy=summary["accuracy"], miou=summary["miou"], pixels=summary["pixels"],
+                          classes=int((histogram.sum(axis=1) > 0).sum()), segments=segments,
+                          segment_class=segment_class[:segments])
+
+    def result(self) -> dict[str, Any]:
+        """`accuracy` and `miou` (fractions in [0, 1]; NaN when nothing was scored), `iou` (per class, NaN for
+        classes never present nor predicted), `images`, `pixels` (valid pixels), and the summed `tp`, `fp`,
+        `fn` per class."""
+        tp, fp, fn = (self.tp, self.fp, self.fn) if self.protocol == "per-image" else match(self.histogram)[:3]
+        return {**_summary(tp, fp, fn), "images": self.images}
 
 
 def evaluate(predictions: Iterable[Any], labels: Iterable[Any], num_classes: int = 27, ignore_index: int = -1,
              protocol: str = "per-image") -> dict[str, Any]:
-    """Score segment maps against class labels.
+    """Score segment maps against class labels (`Evaluation` over the pairs).
 
     Args:
         predictions: `(H, W)` integer arrays or tensors of segment ids 0..K-1 (K may differ per image).
@@ -72,32 +150,19 @@ def evaluate(predictions: Iterable[Any], labels: Iterable[Any], num_classes: int
         classes never present nor predicted), `images`, `pixels` (valid pixels), and the summed `tp`,
         `fp`, `fn` per class.
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    tp = np.zeros(num_classes, dtype=np.int64)
-    fp, fn = np.zeros_like(tp), np.zeros_like(tp)
-    dataset_histogram = np.zeros((num_classes, num_classes), dtype=np.int64)
-    images = 0
+    evaluation = Evaluation(num_classes, ignore_index, protocol)
     for prediction, label in zip(predictions, labels, strict=True):
-        prediction, label = _array(prediction), _array(label)
-        segments = max(num_classes, int(prediction.max(initial=0)) + 1)
-        histogram = confusion(prediction, label, num_classes, segments, ignore_index)
-        images += 1
-        if protocol == "per-image":
-            image_tp, image_fp, image_fn = match(histogram)
-            tp, fp, fn = tp + image_tp, fp + image_fp, fn + image_fn
-        else:
-            dataset_histogram = _grow(dataset_histogram, segments)
-            dataset_histogram[:, :segments] += histogram
-    if protocol == "dataset":
-        tp, fp, fn = match(dataset_histogram)
+        evaluation.add(prediction, label)
+    return evaluation.result()
+
+
+def _summary(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> dict[str, Any]:
     pixels = int((tp + fn).sum())
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = tp / (tp + fp + fn)
     return {"accuracy": float(tp.sum() / pixels) if pixels else float("nan"),
             "miou": float(np.nanmean(iou)) if not np.isnan(iou).all() else float("nan"),
-            "iou": iou.tolist(), "images": images, "pixels": pixels,
-            "tp": tp.tolist(), "fp": fp.tolist(), "fn": fn.tolist()}
+            "iou": iou.tolist(), "pixels": pixels, "tp": tp.tolist(), "fp": fp.tolist(), "fn": fn.tolist()}
 
 
 def _array(value: Any) -> np.ndarray:

@@ -24,6 +24,10 @@ MIN_SIDE = 8
 """Images whose shorter side is under this many pixels (less than one finest attention cell) are refused."""
 
 _EXIF_ORIENTATION = 0x0112
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+"""What `ImageOps.exif_transpose` does for each EXIF orientation value."""
 _SIXTEEN_BIT = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 _CONVERTIBLE = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr") + _SIXTEEN_BIT
 
@@ -38,6 +42,10 @@ class PreparedImage:
     """fp32 `(3, h, w)` in [-1, 1]; h and w multiples of 64."""
     mask_size: tuple[int, int]
     """`(height, width)` of the mask to return: the original size, or the crop size in center mode."""
+    original_size: tuple[int, int]
+    """`(height, width)` of the whole image, after EXIF orientation."""
+    orientation: int = 1
+    """EXIF orientation applied to the stored pixels (1: none; see `prepare_label`)."""
 
 
 def prepare(image: ImageInput, config: DiffSegConfig, name: str | None = None,
@@ -54,26 +62,56 @@ def prepare(image: ImageInput, config: DiffSegConfig, name: str | None = None,
     """
     name = name or (str(image) if isinstance(image, (str, os.PathLike)) else "<image>")
     try:
-        rgb, (width, height) = _decode(image, config.resolution, max_pixels)
+        rgb, (width, height), orientation = _decode(image, config.resolution, max_pixels)
     except ValueError as error:
         raise ValueError(f"{name}: {error}") from None
     except (OSError, SyntaxError, Image.DecompressionBombError, EOFError) as error:
         raise ValueError(f"{name}: cannot decode image ({error})") from None
     if config.crop == "center":
-        side = min(rgb.size)
-        left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
-        rgb = rgb.crop((left, top, left + side, top + side))
-        size = (config.resolution, config.resolution)
-        mask_size = size
+        # The square is placed on the full-size image; the decoder may have scaled the pixels down.
+        scale_x, scale_y = rgb.width / width, rgb.height / height
+        left, top, side = center_square(width, height)
+        box = (left * scale_x, top * scale_y, (left + side) * scale_x, (top + side) * scale_y)
+        mask_size = (config.resolution, config.resolution)
+        rgb = rgb.crop(tuple(round(v) for v in box)).resize(mask_size, Image.Resampling.BILINEAR)
     else:
-        size = processing_size(width, height, config.resolution)
         mask_size = (height, width)
-    rgb = rgb.resize(size, Image.Resampling.BILINEAR)
+        rgb = rgb.resize(processing_size(width, height, config.resolution), Image.Resampling.BILINEAR)
     # Scaled in numpy, not torch: torch's elementwise ops start an OpenMP team in the calling thread, and a
     # decoding thread next to the model's own threads would make them contend (3x slower on 2 cores).
     array = np.asarray(rgb, dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
     pixels = torch.from_numpy(array).permute(2, 0, 1)
-    return PreparedImage(name=name, pixels=pixels, mask_size=mask_size)
+    return PreparedImage(name=name, pixels=pixels, mask_size=mask_size, original_size=(height, width),
+                         orientation=orientation)
+
+
+def prepare_label(label: np.ndarray, image: PreparedImage) -> np.ndarray:
+    """A per-pixel class map of `image` as stored (before EXIF orientation), given the geometry `prepare` gave
+    the image: oriented the same way and, in center mode, the same central square resized to the mask size
+    by nearest neighbour. Returns an int64 `(H, W)` array of `image.mask_size`, so that it lines up with the
+    image's label map.
+
+    Raises:
+        ValueError: the label's size is not the image's.
+    """
+    labels = Image.fromarray(np.asarray(label, dtype=np.int32))
+    if image.orientation in _TRANSPOSE:
+        labels = labels.transpose(_TRANSPOSE[image.orientation])
+    height, width = image.original_size
+    if labels.size != (width, height):
+        raise ValueError(f"{image.name}: label of {labels.width}x{labels.height} pixels does not fit an image of "
+                         f"{width}x{height} pixels")
+    if image.mask_size != image.original_size:
+        left, top, side = center_square(width, height)
+        labels = labels.resize(image.mask_size[::-1], Image.Resampling.NEAREST,
+                               box=(left, top, left + side, top + side))
+    return np.asarray(labels, dtype=np.int64)
+
+
+def center_square(width: int, height: int) -> tuple[int, int, int]:
+    """`(left, top, side)` of the central square of a `width x height` image (center-crop mode)."""
+    side = min(width, height)
+    return (width - side) // 2, (height - side) // 2, side
 
 
 def processing_size(width: int, height: int, resolution: int) -> tuple[int, int]:
@@ -82,8 +120,9 @@ def processing_size(width: int, height: int, resolution: int) -> tuple[int, int]
     return (max(64, round(width * scale / 64) * 64), max(64, round(height * scale / 64) * 64))
 
 
-def _decode(image: ImageInput, resolution: int, max_pixels: int) -> tuple[Image.Image, tuple[int, int]]:
-    """The image as 8-bit RGB (possibly already reduced by the JPEG decoder), and its oriented full size."""
+def _decode(image: ImageInput, resolution: int, max_pixels: int) -> tuple[Image.Image, tuple[int, int], int]:
+    """The image as 8-bit RGB (possibly already reduced by the JPEG decoder), its oriented full size, and the
+    EXIF orientation that was applied."""
     if isinstance(image, Image.Image):
         return _read(image, resolution, max_pixels)
     source = io.BytesIO(image) if isinstance(image, bytes) else Path(image)
@@ -97,7 +136,7 @@ def _decode(image: ImageInput, resolution: int, max_pixels: int) -> tuple[Image.
         return _read(opened, resolution, max_pixels)
 
 
-def _read(opened: Image.Image, resolution: int, max_pixels: int) -> tuple[Image.Image, tuple[int, int]]:
+def _read(opened: Image.Image, resolution: int, max_pixels: int) -> tuple[Image.Image, tuple[int, int], int]:
     width, height = opened.size
     if width * height > max_pixels:
         raise ValueError(f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
@@ -107,13 +146,14 @@ def _read(opened: Image.Image, resolution: int, max_pixels: int) -> tuple[Image.
         raise ValueError(f"animated or multi-page image ({opened.n_frames} frames) is not supported")
     if opened.mode not in _CONVERTIBLE:
         raise ValueError(f"unsupported image mode {opened.mode}")
-    if opened.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+    orientation = opened.getexif().get(_EXIF_ORIENTATION, 1)
+    if orientation in (5, 6, 7, 8):
         width, height = height, width
     if opened.format == "JPEG":
         # Let the decoder scale down by up to 8x while keeping both sides at least `resolution`.
         opened.draft(opened.mode, (resolution, resolution))
     opened.load()
-    return _to_rgb(ImageOps.exif_transpose(opened)), (width, height)
+    return _to_rgb(ImageOps.exif_transpose(opened)), (width, height), orientation
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -78,22 +78,28 @@ class DiffSeg:
         return self.segment_prepared([self.prepare(image) for image in images], batch_size)
 
     def segment_prepared(self, images: Sequence[PreparedImage], batch_size: int = 1) -> list[torch.Tensor]:
-        """Like `segment`, for images already prepared.
+        """Like `segment`, for images already prepared (batched as `attention_prepared` does)."""
+        results: list[torch.Tensor | None] = [None] * len(images)
+        for i, maps in self.attention_prepared(images, batch_size):
+            results[i] = segment_from_attention(maps, self.config, images[i].mask_size).cpu()
+        return results
+
+    def attention_prepared(self, images: Sequence[PreparedImage], batch_size: int = 1
+                           ) -> Iterator[tuple[int, list[torch.Tensor]]]:
+        """`(index, maps)` for every prepared image: its per-resolution attention `(h, w, h, w)` (fp32, finest
+        first), in batch order, ready for `segment_from_attention` with any settings.
 
         Images are batched only with images of the same processing size, and a short batch is padded with
         copies of its last image: every forward then has the same shape, so the vendor kernels chosen (and
-        their rounding) are the same, and an image's labels do not depend on the other images in its batch
-        or on its position. (Kernels differ between batch sizes: changing `batch_size` itself may move
+        their rounding) are the same, and an image's attention does not depend on the other images in its
+        batch or on its position. (Kernels differ between batch sizes: changing `batch_size` itself may move
         attention values by float rounding, which can flip a label only where two choices tie.)
         """
-        results: list[torch.Tensor | None] = [None] * len(images)
         for indices in _batches(images, batch_size):
             padded = indices + [indices[-1]] * (batch_size - len(indices))
             maps = self.attention(torch.stack([images[i].pixels for i in padded]))
             for row, i in enumerate(indices):
-                labels = segment_from_attention([m[row] for m in maps], self.config, images[i].mask_size)
-                results[i] = labels.cpu()
-        return results
+                yield i, [m[row] for m in maps]
 
     @torch.inference_mode()
     def attention(self, pixels: torch.Tensor) -> list[torch.Tensor]:

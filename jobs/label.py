@@ -17,9 +17,8 @@ from collections.abc import Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from diffseg import DEFAULT_MODEL, DiffSegConfig, ModelLoadError  # noqa: E402
-from diffseg.cli import parse_thresholds  # noqa: E402
-from diffseg.config import CROP_MODES  # noqa: E402
+from diffseg import DEFAULT_MODEL, ModelLoadError  # noqa: E402
+from diffseg.cli import add_algorithm_arguments, config_from_args  # noqa: E402
 from diffseg.model import DTYPES  # noqa: E402
 from diffseg.preprocess import MAX_PIXELS  # noqa: E402
 from pipeline.driver import JobError, LabelJob, connect, execute, prepare  # noqa: E402
@@ -60,14 +59,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="images per UNet forward (default 1)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="model precision (default: float16 on GPU, float32 on CPU)")
-    p.add_argument("--kl-threshold", type=parse_thresholds, default=DiffSegConfig.kl_threshold,
-                   help="merge threshold, or one per pass comma-separated (default 1.1)")
-    p.add_argument("--num-points", type=int, default=DiffSegConfig.num_points, help="anchor grid side (default 16)")
-    p.add_argument("--timestep", type=int, default=DiffSegConfig.timestep, help="default 300")
-    p.add_argument("--resolution", type=int, default=DiffSegConfig.resolution,
-                   help="processing size of the longer side, a multiple of 64 (default 512)")
-    p.add_argument("--crop", choices=CROP_MODES, default=DiffSegConfig.crop, help="default none (whole image)")
-    p.add_argument("--refine", action="store_true", help="K-Means refinement of the merged segments")
+    add_algorithm_arguments(p)
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="larger images become error rows")
     p.add_argument("--max-retries", type=int, default=3, help="further attempts per failed shard (default 3)")
     p.add_argument("--storage-options", default=None, help="JSON object of fsspec options for input and output")
@@ -86,8 +78,7 @@ def job_from_args(args: argparse.Namespace) -> LabelJob:
                                ("--cpus-per-actor", args.cpus_per_actor, 0.001)):
         if value is not None and value < least:
             raise ValueError(f"{flag} must be at least {least:g}, got {value:g}")
-    config = DiffSegConfig(kl_threshold=args.kl_threshold, num_points=args.num_points, timestep=args.timestep,
-                           resolution=args.resolution, crop=args.crop, refine=args.refine)
+    config = config_from_args(args)
     return LabelJob(input=args.input, output=args.output, model=args.model, revision=args.revision, config=config,
                     input_format=args.input_format, shard_size=args.shard_size,
                     columns=ParquetColumns(image=args.image_column, id=args.id_column),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffseg.metrics import confusion, evaluate, match
+from diffseg.metrics import Evaluation, confusion, evaluate, match
 
 
 def close(actual: list[float], expected: list[float]) -> bool:
@@ -86,6 +86,20 @@ def test_tensors_work_and_bad_input_is_refused():
 def test_confusion_and_match_are_the_building_blocks():
     histogram = confusion(np.array([[0, 1, 1]]), np.array([[1, 1, 0]]), num_classes=2, num_segments=2)
     assert histogram.tolist() == [[0, 1], [1, 1]]
-    tp, fp, fn = match(histogram)
+    tp, fp, fn, segment = match(histogram)
     assert tp.tolist() == [1, 1] and fp.tolist() == [1, 0] and fn.tolist() == [0, 1]
+    assert segment.tolist() == [1, 0]
+
+
+def test_each_image_gets_its_own_scores_and_the_class_of_each_segment():
+    evaluation = Evaluation(num_classes=3)
+    # segments 0 and 2 are class 1 and class 0; segment 1 (1 px of class 1) is left over; one pixel ignored.
+    score = evaluation.add(np.array([[0, 0, 0, 1, 2, 2]]), np.array([[1, 1, 1, 1, 0, -1]]))
+    assert (score.accuracy, score.pixels, score.classes, score.segments) == (4 / 5, 5, 2, 3)
+    assert score.segment_class.tolist() == [1, 2, 0]  # the absent class 2 takes the leftover segment
+    assert math.isclose(score.miou, (1.0 + 0.75 + 0.0) / 3)
+    assert evaluation.add(np.zeros((1, 2), int), np.array([[2, 2]])).accuracy == 1.0
+    assert evaluation.result()["images"] == 2 and evaluation.result()["tp"] == [1, 3, 2]
+    ignored = Evaluation(num_classes=2).add(np.zeros((1, 2), int), -np.ones((1, 2), int))
+    assert math.isnan(ignored.accuracy) and math.isnan(ignored.miou) and ignored.classes == 0
 
