@@ -23,7 +23,7 @@ from diffseg.model import DTYPES  # noqa: E402
 from diffseg.preprocess import MAX_PIXELS  # noqa: E402
 from pipeline.driver import JobError, LabelJob, connect, execute, prepare  # noqa: E402
 from pipeline.output import OutputConflict  # noqa: E402
-from pipeline.sources import FORMATS, InputError, ParquetColumns  # noqa: E402
+from pipeline.sources import FORMATS, ParquetColumns  # noqa: E402
 from pipeline.storage import StorageError, parse_storage_options  # noqa: E402
 
 

@@ -9,10 +9,9 @@ calling thread, and two teams on the same cores spin against each other (measure
 
 from __future__ import annotations
 
-import queue
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,7 @@ from diffseg.regions import regions
 from diffseg.visualize import label_png
 
 from .output import OutputDataset, Row
+from .prefetch import prefetch
 from .provenance import environment, now
 from .sources import ParquetColumns, Record, Shard, read
 from .storage import Location
@@ -103,7 +103,7 @@ class LabelWorker:
         segmenter = self.segmenter()
         rows: dict[int, Row] = {}
         buckets: dict[tuple[int, ...], list[tuple[int, Record, PreparedImage]]] = defaultdict(list)
-        for index, record, prepared in _prefetch(lambda: self._decoded(shard, segmenter),
+        for index, record, prepared in prefetch(lambda: self._decoded(shard, segmenter),
                                                  4 * self.settings.batch_size):
             if prepared is None:
                 rows[index] = Row.failed(record.image_id, record.source_uri, record.error or "unknown error")
@@ -144,47 +144,3 @@ class LabelWorker:
                               mask=label_png(mask), num_segments=len(found),
                               segments=[{"id": r.id, "area": r.area, "bbox": list(r.bbox)} for r in found])
         bucket.clear()
-
-
-_END = object()
-
-
-def _prefetch(produce: Callable[[], Iterator[Any]], depth: int) -> Iterator[Any]:
-    """The items of `produce()`, computed in a background thread up to `depth` items ahead.
-
-    An exception in the producer is raised here; closing this generator early stops the producer.
-    """
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                items.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def run() -> None:
-        try:
-            for item in produce():
-                if not put(item):
-                    return
-            put(_END)
-        except BaseException as error:  # handed to the consumer, which raises it
-            put(error)
-
-    thread = threading.Thread(target=run, daemon=True, name="diffseg-prefetch")
-    thread.start()
-    try:
-        while True:
-            item = items.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from diffseg import DiffSegConfig
-from diffseg.preprocess import prepare, processing_size
+from diffseg.preprocess import prepare, prepare_label, processing_size
 from tests.conftest import photo
 
 WHOLE, CENTER = DiffSegConfig(), DiffSegConfig(crop="center")
@@ -62,6 +62,44 @@ def test_exif_orientation_is_applied(tmp_path):
 def test_large_jpegs_are_decoded_reduced_but_masked_at_full_size():
     prepared = prepare(encoded(photo(2400, 1800), "JPEG"), WHOLE)
     assert prepared.mask_size == (1800, 2400) and prepared.pixels.shape == (3, 384, 512)
+
+
+def test_center_crop_of_a_reduced_jpeg_is_placed_on_the_full_image():
+    array = np.zeros((1800, 2400, 3), dtype=np.uint8)
+    array[:, 300:2100] = 255  # the central 1800 x 1800 square is white, the sides black
+    prepared = prepare(encoded(Image.fromarray(array), "JPEG", quality=95), DiffSegConfig(crop="center", resolution=64))
+    assert prepared.original_size == (1800, 2400) and prepared.mask_size == (64, 64)
+    assert prepared.pixels[:, :, 1:-1].min() > 0.9  # white up to the edges of the crop
+
+
+def bands(width: int, height: int) -> np.ndarray:
+    """Label with one class per column band of 10 pixels."""
+    return np.tile(np.arange(width) // 10, (height, 1))
+
+
+def test_labels_are_cropped_and_resized_like_their_image():
+    image = prepare(photo(300, 100), DiffSegConfig(crop="center", resolution=64))
+    label = prepare_label(bands(300, 100), image)
+    assert label.shape == (64, 64) and label.dtype == np.int64
+    assert label[0, 0] == 10 and label[0, -1] == 19  # the central square is columns 100..199
+    assert np.array_equal(prepare_label(bands(300, 100), prepare(photo(300, 100), WHOLE)), bands(300, 100))
+
+
+def test_labels_follow_the_exif_orientation_of_their_image():
+    stored = np.zeros((80, 120, 3), dtype=np.uint8)
+    stored[:, :60] = 255  # stored: left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise: the white half ends up on top
+    image = prepare(encoded(Image.fromarray(stored), "PNG", exif=exif.tobytes()), DiffSegConfig(resolution=128))
+    label = prepare_label(np.where(np.arange(120) < 60, 1, 0)[None, :].repeat(80, axis=0), image)
+    assert label.shape == (120, 80) == image.mask_size
+    assert (label[:60] == 1).all() and (label[60:] == 0).all()
+    assert image.pixels[:, :32].min() > 0.9 and image.pixels[:, -32:].max() < -0.9
+
+
+def test_a_label_of_another_size_is_refused():
+    with pytest.raises(ValueError, match="label of 100x100 pixels does not fit an image of 300x100 pixels"):
+        prepare_label(np.zeros((100, 100)), prepare(photo(300, 100), WHOLE, name="x.png"))
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "1"])

@@ -9,7 +9,7 @@ from diffseg.regions import regions
 from pipeline.output import read_provenance
 from pipeline.sources import plan
 from pipeline.storage import Location
-from pipeline.worker import LabelWorker, Placement, WorkerSettings, _prefetch
+from pipeline.worker import LabelWorker, Placement, WorkerSettings
 from tests.pipeline.data import BOMB_LIMIT, bad_image_bytes, bad_images, good_images, read_output, write_files
 
 
@@ -60,15 +60,3 @@ def test_provenance_names_model_settings_software_and_input(worker_dirs):
     assert "git_commit" in provenance
     files = provenance["shard"]["files"]
     assert len(files) == 11 and files[0]["uri"].startswith(f"file://{folder}/") and files[0]["size"] > 0
-
-
-def test_prefetch_yields_in_order_and_raises_the_producers_error():
-    def produce():
-        yield from range(5)
-        raise OSError("storage went away")
-
-    seen = []
-    with pytest.raises(OSError, match="storage went away"):
-        for item in _prefetch(produce, depth=2):
-            seen.append(item)
-    assert seen == list(range(5))

@@ -1,0 +1,135 @@
+"""Score DiffSeg, a K-Means baseline, or a labeling job's masks on a labeled dataset, as the paper does.
+
+    python jobs/evaluate.py --dataset coco-stuff-27 --root data/cocostuff --image-list Coco164kFull_Stuff_Coarse_7.txt
+    python jobs/evaluate.py --dataset cityscapes --root data/cityscapes --sweep 0.7,0.8,0.9,1.0,1.1 --limit 100
+    python jobs/evaluate.py --dataset cityscapes --root data/cityscapes --predictions s3://bucket/masks/
+
+Defaults follow the paper: the center square of each image at 512x512 (labels cropped the same way and
+resized by nearest neighbour), tau 1.1 for COCO-Stuff-27 and 0.9 for Cityscapes, per-image Hungarian
+matching. Prints a table (ACC, mIoU, images, seconds), writes one row per image to --scores, and prints a
+JSON summary as its last line. Exit status: 0 every image scored, 1 some images could not be scored (the
+scores file says why), 2 bad arguments, dataset, output or model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+from diffseg import DEFAULT_MODEL, DiffSeg, ModelLoadError  # noqa: E402
+from diffseg.cli import add_algorithm_arguments, config_from_args, parse_thresholds  # noqa: E402
+from diffseg.metrics import PROTOCOLS  # noqa: E402
+from diffseg.model import DTYPES  # noqa: E402
+from pipeline.datasets import DATASETS, SPLITS, open_dataset  # noqa: E402
+from pipeline.evaluation import METHODS, Report, score_model, score_predictions, variants, write_scores  # noqa: E402
+from pipeline.report import write_report  # noqa: E402
+from pipeline.storage import Location, StorageError, parse_storage_options  # noqa: E402
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad flags are one line on stderr and exit status 2 (argparse would print the usage first)."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    p = _Parser(prog="jobs/evaluate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--root", required=True, help="fsspec URL of the dataset's folder (see pipeline/datasets.py)")
+    p.add_argument("--split", default=None, help="split folder (default: " +
+                   ", ".join(f"{name} {split}" for name, split in SPLITS.items()) + ")")
+    p.add_argument("--image-list", default=None,
+                   help="file of image names to score, one per line (e.g. the curated COCO-Stuff-27 list)")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N images")
+    p.add_argument("--predictions", default=None, metavar="OUTPUT_URL",
+                   help="score the masks of a labeling job's output instead of running a model")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"Hub id, local diffusers folder, or 'tiny' "
+                                                           f"(default {DEFAULT_MODEL})")
+    p.add_argument("--revision", default=None, help="Hub revision of --model")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="model precision (default: float16 on cuda, float32 on cpu)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per UNet forward (default 1)")
+    add_algorithm_arguments(p, METHODS)
+    p.set_defaults(kl_threshold=None, crop="center")
+    p.add_argument("--sweep", type=parse_thresholds, default=None, metavar="TAUS",
+                   help="score several merge thresholds at once, comma-separated (one forward per image)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="per-image",
+                   help="per-image Hungarian matching (the paper's, default) or one matching over the dataset")
+    p.add_argument("--scores", default=None,
+                   help="per-image scores file, .csv or .parquet (default out/evaluate/DATASET-METHOD.csv)")
+    p.add_argument("--report", default=None, metavar="DIR", help="also write DIR/index.html with sample images")
+    p.add_argument("--samples", type=int, default=12, help="images shown in the report (default 12)")
+    p.add_argument("--storage-options", default=None, help="JSON object of fsspec options for --root and "
+                                                           "--predictions")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def run(args: argparse.Namespace) -> Report:
+    """Open the dataset and score what the arguments ask for; raises `ValueError`, `StorageError` or
+    `ModelLoadError` with a one-line message."""
+    for flag, value, least in (("--limit", args.limit, 1), ("--batch-size", args.batch_size, 1),
+                               ("--samples", args.samples, 0)):
+        if value is not None and value < least:
+            raise ValueError(f"{flag} must be at least {least}, got {value}")
+    options = parse_storage_options(args.storage_options)
+    dataset = open_dataset(args.dataset, args.root, args.split, args.image_list, options)
+    progress = not args.no_progress
+    if args.predictions:
+        if args.sweep or args.method != "diffseg":
+            raise ValueError("--predictions scores masks that exist; --sweep and --method need a model")
+        return score_predictions(Location(args.predictions, options), dataset, args.limit, args.samples,
+                                 args.protocol, progress)
+    method = "kmeans-c" if args.method == "kmeans-s" else args.method
+    tau = dataset.kl_threshold if args.kl_threshold is None else args.kl_threshold
+    config = config_from_args(args, method=method, kl_threshold=tau)
+    sweep = (args.sweep,) if isinstance(args.sweep, float) else args.sweep
+    scored = variants(args.method, config, sweep)
+    segmenter = DiffSeg.from_pretrained(args.model, config=config, device=args.device,
+                                        dtype=DTYPES[args.dtype] if args.dtype else None, revision=args.revision)
+    return score_model(segmenter, dataset, scored, args.batch_size, args.limit, args.samples, args.protocol,
+                       progress)
+
+
+def table(report: Report) -> str:
+    """The scores as a text table, one line per variant."""
+    width = max([len("method")] + [len(name) for name in report.results])
+    lines = [f"{report.dataset}: {report.images} image(s), {report.failed} not scored, {report.protocol} matching",
+             f"{'method':<{width}}  {'ACC %':>6}  {'mIoU %':>6}  {'images':>6}  {'seconds':>8}"]
+    for name, result in report.results.items():
+        lines.append(f"{name:<{width}}  {_percent(result['accuracy']):>6}  {_percent(result['miou']):>6}  "
+                     f"{result['images']:>6}  {result['seconds']:>8.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    scores = args.scores or f"out/evaluate/{args.dataset}-{'predictions' if args.predictions else args.method}.csv"
+    try:
+        report = run(args)
+        write_scores(report, scores, parse_storage_options(args.storage_options))
+        page = write_report(report, args.report) if args.report else None
+    except (ValueError, StorageError, ModelLoadError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(table(report))
+    print(f"per-image scores: {scores}" + (f"; report: {page}" if page else ""), file=sys.stderr)
+    print(json.dumps({**report.summary(), "scores": scores, "report": str(page) if page else None}), flush=True)
+    return 1 if report.failed else 0
+
+
+def _percent(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{100 * value:.1f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

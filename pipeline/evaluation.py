@@ -1,0 +1,384 @@
+"""Scoring segmentations against a labeled dataset, the way the literature does (`diffseg.metrics`).
+
+Two sources of segmentations:
+
+- `score_model`: a model run here, image by image: DiffSeg, or a K-Means baseline on the same attention.
+  Several variants (a sweep of merge thresholds, say) share one UNet forward per image.
+- `score_predictions`: the mask Parquet output of a labeling job, joined to the dataset on the image file
+  name; the ground truth gets the geometry the job gave its images (whole image, or the paper's center crop).
+
+Both give a `Report`: dataset-level scores per variant, one row per image and variant, and a few rendered
+samples for people to look at. Images that cannot be scored (unreadable, no prediction, sizes that do not
+match) are rows with `status = "error"` and are left out of the scores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from PIL import Image
+from tqdm import tqdm
+
+from diffseg import DiffSeg, DiffSegConfig, segment_from_attention
+from diffseg.metrics import Evaluation, ImageScore
+from diffseg.preprocess import PreparedImage, prepare, prepare_label
+from diffseg.visualize import to_image
+
+from .datasets import Example, LabeledDataset, join_key
+from .output import MANIFEST
+from .prefetch import prefetch
+from .storage import Location, StorageError
+
+METHODS = ("diffseg", "kmeans-c", "kmeans-s")
+"""Methods a model can be scored with: K-Means-S takes K = the classes present in each image's ground truth."""
+DISPLAY_SIDE = 320
+"""Longer side, in pixels, of the sample pictures kept for reports."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One scored setting: a method and the algorithm config it runs with."""
+
+    name: str
+    """How tables and files name it, e.g. `diffseg tau=0.9` or `kmeans-c K=6`."""
+    method: str
+    """One of `METHODS`."""
+    config: DiffSegConfig
+
+    def config_for(self, classes: int) -> DiffSegConfig:
+        """The config for an image whose ground truth has `classes` classes (only K-Means-S depends on it)."""
+        if self.method == "kmeans-s":
+            return dataclasses.replace(self.config, num_clusters=max(1, classes))
+        return self.config
+
+
+def variants(method: str, config: DiffSegConfig, sweep: Sequence[float] | None = None) -> list[Variant]:
+    """The variants to score: one for `method`, or one per merge threshold of `sweep` (diffseg only).
+
+    Raises `ValueError` for an unknown method, or a sweep with another method.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    config = dataclasses.replace(config, method="diffseg" if method == "diffseg" else "kmeans-c")
+    if sweep:
+        if method != "diffseg":
+            raise ValueError("a KL-threshold sweep applies to the diffseg method only")
+        return [Variant(f"diffseg tau={tau:g}", method, dataclasses.replace(config, kl_threshold=tau))
+                for tau in sweep]
+    if method == "kmeans-s":
+        return [Variant("kmeans-s", method, config)]
+    if method == "kmeans-c":
+        return [Variant(f"kmeans-c K={config.num_clusters}", method, config)]
+    taus = config.thresholds[:1] if len(set(config.thresholds)) == 1 else config.thresholds
+    taus = ",".join(f"{tau:g}" for tau in taus)
+    return [Variant(f"diffseg tau={taus}", method, config)]
+
+
+@dataclass
+class Sample:
+    """One image kept for the report, at display size: the photo, its classes, and each variant's prediction
+    with every segment shown as the class it was matched to."""
+
+    image_id: str
+    photo: Image.Image
+    label: np.ndarray
+    """`(h, w)` class ids, -1 ignored."""
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)
+    """Variant name -> `(h, w)` matched class per pixel, -1 where the segment matched no class of the image."""
+    scores: dict[str, ImageScore] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    """What a scoring run found."""
+
+    dataset: str
+    class_names: tuple[str, ...]
+    protocol: str
+    source: dict[str, Any]
+    """What was scored: the model's provenance, or the labeling job's output URL and manifest."""
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Variant name -> `Evaluation.result()` plus `seconds` (model time: forwards and its post-processing)."""
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    """One per image and variant: image_id, variant, status, error, accuracy, miou, pixels, classes, segments."""
+    samples: list[Sample] = field(default_factory=list)
+    images: int = 0
+    """Images attempted."""
+    failed: int = 0
+    """Images that could not be scored (their rows say why)."""
+    seconds: float = 0.0
+    """Wall time of the run."""
+
+    def summary(self) -> dict[str, Any]:
+        """One JSON-ready line: per variant accuracy, mIoU, images scored and seconds; counts; wall time."""
+        return {"dataset": self.dataset, "protocol": self.protocol, "images": self.images, "failed": self.failed,
+                "seconds": round(self.seconds, 3),
+                "results": {name: {"accuracy": _finite(r["accuracy"]), "miou": _finite(r["miou"]),
+                                   "images": r["images"], "seconds": round(r["seconds"], 3)}
+                            for name, r in self.results.items()}}
+
+
+class _Scorer:
+    """Accumulates a report: scores per variant, rows, and the samples at the chosen indices."""
+
+    def __init__(self, report: Report, names: Sequence[str], num_classes: int, samples: set[int]) -> None:
+        self.report, self.samples = report, samples
+        self.evaluations = {name: Evaluation(num_classes, protocol=report.protocol) for name in names}
+        self.seconds = dict.fromkeys(names, 0.0)
+        self.pending: Sample | None = None
+        self.owed = 0
+
+    def start(self, index: int, example: Example, photo: Callable[[], Image.Image] | None,
+              label: np.ndarray | None) -> None:
+        """Begin an image; keep it as a sample if its index was picked, or if an earlier pick could not be shown
+        (`photo` renders it on demand; None for an image that cannot be scored)."""
+        self.report.images += 1
+        self.pending = None
+        if photo is None or label is None:
+            self.owed += index in self.samples  # the next image that can be shown takes its place
+        elif index in self.samples or self.owed:
+            self.owed -= index not in self.samples
+            size = _display_size(label.shape)
+            self.pending = Sample(example.image_id, photo().resize(size, Image.Resampling.BILINEAR),
+                                  _resize_nearest(label, size))
+            self.report.samples.append(self.pending)
+
+    def score(self, example: Example, name: str, prediction: Any, label: np.ndarray) -> None:
+        score = self.evaluations[name].add(prediction, label)
+        self.report.rows.append({"image_id": example.image_id, "variant": name, "status": "ok", "error": None,
+                                 "accuracy": score.accuracy, "miou": score.miou, "pixels": score.pixels,
+                                 "classes": score.classes, "segments": score.segments})
+        if self.pending is not None:
+            # Segments matched to classes absent from the image are false positives: shown as unmatched.
+            shown = np.where(np.isin(score.segment_class, label), score.segment_class, -1)
+            matched = shown[np.asarray(prediction)]
+            self.pending.predictions[name] = _resize_nearest(matched, self.pending.label.shape[::-1])
+            self.pending.scores[name] = score
+
+    def fail(self, example: Example, reason: str) -> None:
+        self.report.failed += 1
+        for name in self.evaluations:
+            self.report.rows.append({"image_id": example.image_id, "variant": name, "status": "error",
+                                     "error": reason, "accuracy": None, "miou": None, "pixels": None,
+                                     "classes": None, "segments": None})
+
+    def finish(self, started: float) -> Report:
+        self.report.results = {name: {**evaluation.result(), "seconds": self.seconds[name]}
+                               for name, evaluation in self.evaluations.items()}
+        self.report.seconds = time.perf_counter() - started
+        return self.report
+
+
+@dataclass
+class _Loaded:
+    index: int
+    example: Example
+    image: PreparedImage | None = None
+    label: np.ndarray | None = None
+    prediction: np.ndarray | None = None
+    error: str | None = None
+
+
+def score_model(segmenter: DiffSeg, dataset: LabeledDataset, scored: Sequence[Variant], batch_size: int = 1,
+                limit: int | None = None, samples: int = 12, protocol: str = "per-image",
+                progress: bool = True) -> Report:
+    """Segment the first `limit` images of `dataset` (all by default) with `segmenter`'s model and score every
+    variant of `scored` on them. Images are read and decoded in a background thread while the model works;
+    each batch gets one UNet forward, shared by all variants.
+
+    Args:
+        segmenter: the model and its preprocessing (`segmenter.config` sets crop and resolution; each
+            variant's config sets the rest).
+        samples: images kept for the report, spread evenly over the dataset.
+        protocol: "per-image" (the paper's) or "dataset" (see `diffseg.metrics`).
+    """
+    started = time.perf_counter()
+    examples = dataset.examples[:limit]
+    report = Report(dataset.name, dataset.class_names, protocol, source=segmenter.info)
+    scorer = _Scorer(report, [v.name for v in scored], dataset.num_classes, _spread(len(examples), samples))
+
+    def load() -> Iterator[_Loaded]:
+        for index, example in enumerate(examples):
+            loaded = _Loaded(index, example)
+            try:
+                loaded.image = segmenter.prepare(dataset.read_image(example), name=example.image_id)
+                loaded.label = prepare_label(dataset.read_label(example), loaded.image)
+            except (ValueError, OSError) as error:
+                loaded.error = str(error).removeprefix(f"{example.image_id}: ")
+            yield loaded
+
+    def run(batch: list[_Loaded]) -> None:
+        forward = time.perf_counter()
+        attention = list(segmenter.attention_prepared([item.image for item in batch], batch_size))
+        forward = time.perf_counter() - forward
+        for index, maps in attention:
+            item = batch[index]
+            classes = int(np.unique(item.label[item.label >= 0]).size)
+            scorer.start(item.index, item.example, lambda: to_image(item.image.pixels), item.label)
+            for variant in scored:
+                begun = time.perf_counter()
+                labels = segment_from_attention(maps, variant.config_for(classes), item.image.mask_size).cpu()
+                scorer.seconds[variant.name] += time.perf_counter() - begun + forward / len(batch)
+                scorer.score(item.example, variant.name, labels.numpy(), item.label)
+        bar.update(len(batch))
+        batch.clear()
+
+    batch: list[_Loaded] = []
+    with _bar(len(examples), progress) as bar:
+        for item in prefetch(load, depth=4 * batch_size):
+            if item.error is not None:
+                scorer.start(item.index, item.example, None, None)
+                scorer.fail(item.example, item.error)
+                bar.update()
+                continue
+            batch.append(item)
+            if len(batch) == batch_size:
+                run(batch)
+        if batch:
+            run(batch)
+    return scorer.finish(started)
+
+
+def score_predictions(output: Location, dataset: LabeledDataset, limit: int | None = None, samples: int = 12,
+                      protocol: str = "per-image", progress: bool = True) -> Report:
+    """Score the masks of a labeling job's output against the first `limit` images of `dataset`.
+
+    Masks are joined on the image file name without extension (`datasets.join_key`). The job's manifest
+    gives the geometry its masks have (whole image or center crop, and the processing resolution), which the
+    ground truth is given too. Images without a mask, or whose mask is an error row, count as failed.
+
+    Raises:
+        StorageError: `output` is not a labeling job's output.
+    """
+    started = time.perf_counter()
+    config, manifest = _job_config(output)
+    examples = dataset.examples[:limit]
+    masks = _masks(output, [example.key for example in examples])
+    name = f"{config.method} (predictions)"
+    report = Report(dataset.name, dataset.class_names, protocol, source={"predictions": output.uri(""), **manifest})
+    scorer = _Scorer(report, [name], dataset.num_classes, _spread(len(examples), samples))
+
+    def load() -> Iterator[_Loaded]:
+        for index, example in enumerate(examples):
+            loaded = _Loaded(index, example)
+            row = masks.get(example.key)
+            try:
+                if row is None:
+                    raise ValueError(f"no mask for this image in {output.url}")
+                if row["status"] != "ok":
+                    raise ValueError(f"the labeling job could not label it: {row['error']}")
+                loaded.image = prepare(dataset.read_image(example), config, name=example.image_id)
+                loaded.label = prepare_label(dataset.read_label(example), loaded.image)
+                loaded.prediction = np.asarray(Image.open(io.BytesIO(row["mask"])), dtype=np.int64)
+                if loaded.prediction.shape != loaded.label.shape:
+                    raise ValueError(f"mask is {loaded.prediction.shape[1]}x{loaded.prediction.shape[0]} pixels, "
+                                     f"the ground truth {loaded.label.shape[1]}x{loaded.label.shape[0]}")
+            except (ValueError, OSError) as error:
+                loaded.error = str(error).removeprefix(f"{example.image_id}: ")
+            yield loaded
+
+    with _bar(len(examples), progress) as bar:
+        for item in prefetch(load, depth=16):
+            photo = (lambda image=item.image: to_image(image.pixels)) if item.error is None else None
+            scorer.start(item.index, item.example, photo, item.label)
+            if item.error is not None:
+                scorer.fail(item.example, item.error)
+            else:
+                scorer.score(item.example, name, item.prediction, item.label)
+            bar.update()
+    scorer.seconds[name] = time.perf_counter() - started
+    return scorer.finish(started)
+
+
+def _job_config(output: Location) -> tuple[DiffSegConfig, dict[str, Any]]:
+    """The algorithm config a labeling job's output was made with, and the manifest's model and config."""
+    try:
+        manifest = json.loads(output.read(MANIFEST))
+    except FileNotFoundError:
+        raise StorageError(f"{output.url}: not a labeling job's output (no {MANIFEST})") from None
+    except (OSError, ValueError) as error:
+        raise StorageError(f"{output.url}: cannot read {MANIFEST} ({error})") from None
+    known = {f.name for f in dataclasses.fields(DiffSegConfig)}
+    config = DiffSegConfig(**{k: v for k, v in manifest.get("config", {}).items() if k in known})
+    return config, {"model": manifest.get("model"), "config": manifest.get("config")}
+
+
+def _masks(output: Location, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The output's rows (mask, status, error) for the join keys wanted: ids are read first, then only the
+    rows needed."""
+    try:
+        dataset = ds.dataset(output.root, format="parquet", filesystem=output.fs)
+        ids = dataset.to_table(columns=["image_id"]).column("image_id").to_pylist()
+    except (OSError, ValueError) as error:
+        raise StorageError(f"{output.url}: cannot read the masks ({error})") from None
+    wanted = set(keys)
+    positions: dict[str, int] = {}
+    for position, image_id in enumerate(ids):
+        key = join_key(image_id)
+        if key in wanted:
+            positions.setdefault(key, position)
+    if not positions:
+        return {}
+    rows = dataset.take(list(positions.values()), columns=["mask", "status", "error"]).to_pylist()
+    return dict(zip(positions, rows))
+
+
+def _finite(value: float) -> float | None:
+    """None for NaN (nothing scored), which JSON cannot hold."""
+    return None if math.isnan(value) else value
+
+
+def _spread(count: int, samples: int) -> set[int]:
+    """`samples` indices spread evenly over `range(count)`."""
+    if count == 0 or samples <= 0:
+        return set()
+    return {int(i) for i in np.linspace(0, count - 1, min(samples, count)).round()}
+
+
+def _display_size(shape: tuple[int, ...]) -> tuple[int, int]:
+    """`(width, height)` of a picture of an `(H, W)` map with its longer side at most `DISPLAY_SIDE`."""
+    height, width = shape[:2]
+    scale = min(1.0, DISPLAY_SIDE / max(height, width))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _resize_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An integer map resized to `size` `(width, height)` by nearest neighbour."""
+    resized = Image.fromarray(np.asarray(labels, dtype=np.int32)).resize(size, Image.Resampling.NEAREST)
+    return np.asarray(resized, dtype=np.int64)
+
+
+def _bar(total: int, progress: bool) -> tqdm:
+    return tqdm(total=total, unit="img", file=sys.stderr, disable=not progress, mininterval=1.0, dynamic_ncols=True)
+
+
+
+SCORES_SCHEMA = pa.schema([("image_id", pa.string()), ("variant", pa.string()), ("status", pa.string()),
+                           ("error", pa.string()), ("accuracy", pa.float64()), ("miou", pa.float64()),
+                           ("pixels", pa.int64()), ("classes", pa.int32()), ("segments", pa.int32())])
+"""Columns of the per-image scores file: one row per image and variant (see `Report.rows`)."""
+
+
+def write_scores(report: Report, url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Write the report's per-image rows to `url` (any fsspec URL): Parquet if it ends with `.parquet`, else CSV."""
+    table = pa.Table.from_pylist(report.rows, schema=SCORES_SCHEMA)
+    buffer = io.BytesIO()
+    if url.endswith(".parquet"):
+        pq.write_table(table, buffer)
+    else:
+        pa_csv.write_csv(table, buffer)
+    folder, name = url.rstrip("/").rsplit("/", 1) if "/" in url else (".", url)
+    Location(folder, storage_options or {}).write(name, buffer.getvalue())
