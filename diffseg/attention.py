@@ -44,6 +44,16 @@ class SelfAttentionCapture:
         for layer in self.layers:
             layer.set_processor(processor)
 
+    @classmethod
+    def of(cls, unet: torch.nn.Module) -> SelfAttentionCapture:
+        """The capture installed on `unet`, or a new one. Segmenters built on the same model must share its
+        capture: a second one would take the layers over and leave the first capturing nothing."""
+        installed = {getattr(m.processor, "capture", None) for m in unet.modules()
+                     if isinstance(m, Attention) and not m.is_cross_attention}
+        if len(installed) == 1 and isinstance(capture := next(iter(installed)), cls):
+            return capture
+        return cls(unet)
+
     def reset(self) -> None:
         """Forget the maps of the previous forward (keeps the scratch buffers)."""
         self._sums.clear()

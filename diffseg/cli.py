@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from .batching import batches
 from .config import CROP_MODES, METHODS, DiffSegConfig
 from .model import DEFAULT_MODEL, DTYPES, ModelLoadError
 from .preprocess import MAX_PIXELS, PreparedImage
@@ -106,39 +107,28 @@ def _inputs(paths: Sequence[str]) -> Iterator[tuple[Path, str]]:
 
 
 def _run(segmenter: DiffSeg, jobs: list[tuple[Path, str]], out: Path, batch_size: int) -> int:
-    """Segment and save every job; images wait in one bucket per processing size until a batch is full,
-    so only the last batch of each size is short."""
-    buckets: dict[tuple[int, ...], list[tuple[PreparedImage, str]]] = defaultdict(list)
+    """Segment and save every job; images wait for a full batch of their processing size, so only the last
+    batch of each size is short."""
     skipped = 0
-    with tqdm(total=len(jobs), unit="img", file=sys.stderr) as progress:
+
+    def prepared() -> Iterator[tuple[PreparedImage, str]]:
+        nonlocal skipped
         for (file, _), name in zip(jobs, _unique_names(jobs)):
             try:
-                image = segmenter.prepare(file)
+                yield segmenter.prepare(file), name
             except ValueError as error:
                 skipped += 1
                 progress.write(f"skipped {error}", file=sys.stderr)
                 progress.update()
-                continue
-            bucket = buckets[tuple(image.pixels.shape)]
-            bucket.append((image, name))
-            if len(bucket) == batch_size:
-                _segment_and_save(segmenter, bucket, out, progress, batch_size)
-        for bucket in buckets.values():
-            _segment_and_save(segmenter, bucket, out, progress, batch_size)
+
+    with tqdm(total=len(jobs), unit="img", file=sys.stderr) as progress:
+        for batch in batches(prepared(), lambda item: item[0].pixels.shape, batch_size):
+            labels = segmenter.segment_prepared([image for image, _ in batch], batch_size)
+            for (image, name), mask in zip(batch, labels):
+                _save(out, name, image, mask)
+            progress.update(len(batch))
     print(f"segmented {len(jobs) - skipped} image(s), skipped {skipped}; masks in {out}", file=sys.stderr)
     return 1 if skipped else 0
-
-
-def _segment_and_save(segmenter: DiffSeg, bucket: list[tuple[PreparedImage, str]], out: Path,
-                      progress: tqdm, batch_size: int) -> None:
-    """Segment the bucket (one batch, padded if short), save its masks and overlays, and empty it."""
-    if not bucket:
-        return
-    labels = segmenter.segment_prepared([image for image, _ in bucket], batch_size)
-    for (image, name), mask in zip(bucket, labels):
-        _save(out, name, image, mask)
-    progress.update(len(bucket))
-    bucket.clear()
 
 
 def _unique_names(jobs: list[tuple[Path, str]]) -> list[str]:

@@ -146,9 +146,7 @@ def evaluate(predictions: Iterable[Any], labels: Iterable[Any], num_classes: int
         protocol: "per-image" (the paper's) or "dataset".
 
     Returns:
-        `accuracy` and `miou` (fractions in [0, 1]; NaN when nothing was scored), `iou` (per class, NaN for
-        classes never present nor predicted), `images`, `pixels` (valid pixels), and the summed `tp`,
-        `fp`, `fn` per class.
+        `Evaluation.result()`: `accuracy` and `miou` (fractions in [0, 1]), per-class `iou`, and more.
     """
     evaluation = Evaluation(num_classes, ignore_index, protocol)
     for prediction, label in zip(predictions, labels, strict=True):

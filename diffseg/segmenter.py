@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 
 from .attention import SelfAttentionCapture
+from .batching import batches
 from .config import DiffSegConfig
 from .model import DEFAULT_MODEL, LoadedModel, load_model
 from .preprocess import MAX_PIXELS, ImageInput, PreparedImage, prepare
@@ -39,7 +39,7 @@ class DiffSeg:
         self.model = model
         self.config = config or DiffSegConfig()
         self.max_pixels = max_pixels
-        self.capture = SelfAttentionCapture(model.unet)
+        self.capture = SelfAttentionCapture.of(model.unet)
 
     @classmethod
     def from_pretrained(cls, model: str = DEFAULT_MODEL, config: DiffSegConfig | None = None,
@@ -95,7 +95,7 @@ class DiffSeg:
         batch or on its position. (Kernels differ between batch sizes: changing `batch_size` itself may move
         attention values by float rounding, which can flip a label only where two choices tie.)
         """
-        for indices in _batches(images, batch_size):
+        for indices in batches(range(len(images)), lambda i: images[i].pixels.shape, batch_size):
             padded = indices + [indices[-1]] * (batch_size - len(indices))
             maps = self.attention(torch.stack([images[i].pixels for i in padded]))
             for row, i in enumerate(indices):
@@ -113,14 +113,3 @@ class DiffSeg:
         self.capture.reset()
         model.unet(latents, timestep, encoder_hidden_states=context)
         return self.capture.maps(tuple(latents.shape[-2:]))
-
-
-def _batches(images: Sequence[PreparedImage], batch_size: int) -> list[list[int]]:
-    """Indices grouped by pixel size, in input order within a group, at most `batch_size` per batch."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for i, image in enumerate(images):
-        groups[tuple(image.pixels.shape)].append(i)
-    return [group[start:start + batch_size] for group in groups.values()
-            for start in range(0, len(group), batch_size)]

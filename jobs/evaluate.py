@@ -50,7 +50,8 @@ def parser() -> argparse.ArgumentParser:
                    help="file of image names to score, one per line (e.g. the curated COCO-Stuff-27 list)")
     p.add_argument("--limit", type=int, default=None, help="score only the first N images")
     p.add_argument("--predictions", default=None, metavar="OUTPUT_URL",
-                   help="score the masks of a labeling job's output instead of running a model")
+                   help="score the masks of a labeling job's output instead of running a model (its manifest "
+                        "gives the crop and resolution; model and algorithm flags do not apply)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"Hub id, local diffusers folder, or 'tiny' "
                                                            f"(default {DEFAULT_MODEL})")
     p.add_argument("--revision", default=None, help="Hub revision of --model")

@@ -33,6 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from diffseg import DiffSeg, DiffSegConfig, segment_from_attention
+from diffseg.batching import batches
 from diffseg.metrics import Evaluation, ImageScore
 from diffseg.preprocess import PreparedImage, prepare, prepare_label
 from diffseg.visualize import to_image
@@ -134,8 +135,10 @@ class Report:
 class _Scorer:
     """Accumulates a report: scores per variant, rows, and the samples at the chosen indices."""
 
-    def __init__(self, report: Report, names: Sequence[str], num_classes: int, samples: set[int]) -> None:
-        self.report, self.samples = report, samples
+    def __init__(self, report: Report, names: Sequence[str], num_classes: int, examples: Sequence[Example],
+                 samples: int) -> None:
+        self.report, self.samples = report, _spread(len(examples), samples)
+        self.order = {example.image_id: index for index, example in enumerate(examples)}
         self.evaluations = {name: Evaluation(num_classes, protocol=report.protocol) for name in names}
         self.seconds = dict.fromkeys(names, 0.0)
         self.pending: Sample | None = None
@@ -176,6 +179,9 @@ class _Scorer:
                                      "classes": None, "segments": None})
 
     def finish(self, started: float) -> Report:
+        """The report, its rows and samples in dataset order (batching may have scored images out of order)."""
+        self.report.rows.sort(key=lambda row: self.order[row["image_id"]])
+        self.report.samples.sort(key=lambda sample: self.order[sample.image_id])
         self.report.results = {name: {**evaluation.result(), "seconds": self.seconds[name]}
                                for name, evaluation in self.evaluations.items()}
         self.report.seconds = time.perf_counter() - started
@@ -208,7 +214,7 @@ def score_model(segmenter: DiffSeg, dataset: LabeledDataset, scored: Sequence[Va
     started = time.perf_counter()
     examples = dataset.examples[:limit]
     report = Report(dataset.name, dataset.class_names, protocol, source=segmenter.info)
-    scorer = _Scorer(report, [v.name for v in scored], dataset.num_classes, _spread(len(examples), samples))
+    scorer = _Scorer(report, [v.name for v in scored], dataset.num_classes, examples, samples)
 
     def load() -> Iterator[_Loaded]:
         for index, example in enumerate(examples):
@@ -234,20 +240,18 @@ def score_model(segmenter: DiffSeg, dataset: LabeledDataset, scored: Sequence[Va
                 scorer.seconds[variant.name] += time.perf_counter() - begun + forward / len(batch)
                 scorer.score(item.example, variant.name, labels.numpy(), item.label)
         bar.update(len(batch))
-        batch.clear()
 
-    batch: list[_Loaded] = []
-    with _bar(len(examples), progress) as bar:
+    def loaded() -> Iterator[_Loaded]:
         for item in prefetch(load, depth=4 * batch_size):
-            if item.error is not None:
+            if item.error is None:
+                yield item
+            else:
                 scorer.start(item.index, item.example, None, None)
                 scorer.fail(item.example, item.error)
                 bar.update()
-                continue
-            batch.append(item)
-            if len(batch) == batch_size:
-                run(batch)
-        if batch:
+
+    with _bar(len(examples), progress) as bar:
+        for batch in batches(loaded(), lambda item: item.image.pixels.shape, batch_size):
             run(batch)
     return scorer.finish(started)
 
@@ -269,7 +273,7 @@ def score_predictions(output: Location, dataset: LabeledDataset, limit: int | No
     masks = _masks(output, [example.key for example in examples])
     name = f"{config.method} (predictions)"
     report = Report(dataset.name, dataset.class_names, protocol, source={"predictions": output.uri(""), **manifest})
-    scorer = _Scorer(report, [name], dataset.num_classes, _spread(len(examples), samples))
+    scorer = _Scorer(report, [name], dataset.num_classes, examples, samples)
 
     def load() -> Iterator[_Loaded]:
         for index, example in enumerate(examples):

@@ -10,7 +10,6 @@ calling thread, and two teams on the same cores spin against each other (measure
 from __future__ import annotations
 
 import threading
-from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from diffseg import DiffSeg, DiffSegConfig, ModelLoadError
+from diffseg.batching import batches
 from diffseg.model import DTYPES
 from diffseg.preprocess import MAX_PIXELS, PreparedImage
 from diffseg.regions import regions
@@ -102,19 +102,17 @@ class LabelWorker:
         """
         segmenter = self.segmenter()
         rows: dict[int, Row] = {}
-        buckets: dict[tuple[int, ...], list[tuple[int, Record, PreparedImage]]] = defaultdict(list)
-        for index, record, prepared in prefetch(lambda: self._decoded(shard, segmenter),
-                                                 4 * self.settings.batch_size):
-            if prepared is None:
-                rows[index] = Row.failed(record.image_id, record.source_uri, record.error or "unknown error")
-                continue
-            bucket = buckets[tuple(prepared.pixels.shape)]
-            bucket.append((index, record, prepared))
-            if len(bucket) == self.settings.batch_size:
-                self._segment(bucket, rows, segmenter)
-        for bucket in buckets.values():
-            if bucket:
-                self._segment(bucket, rows, segmenter)
+
+        def decoded() -> Iterator[tuple[int, Record, PreparedImage]]:
+            for index, record, prepared in prefetch(lambda: self._decoded(shard, segmenter),
+                                                     4 * self.settings.batch_size):
+                if prepared is None:
+                    rows[index] = Row.failed(record.image_id, record.source_uri, record.error or "unknown error")
+                else:
+                    yield index, record, prepared
+
+        for batch in batches(decoded(), lambda item: item[2].pixels.shape, self.settings.batch_size):
+            self._segment(batch, rows, segmenter)
         ordered = [rows[index] for index in sorted(rows)]
         provenance = {**segmenter.info, **environment(), "run_id": run_id, "created": now(),
                       "batch_size": self.settings.batch_size,
@@ -133,14 +131,13 @@ class LabelWorker:
                 reason = str(error).removeprefix(f"{record.image_id}: ")
                 yield index, Record(record.image_id, record.source_uri, None, reason), None
 
-    def _segment(self, bucket: list[tuple[int, Record, PreparedImage]], rows: dict[int, Row],
+    def _segment(self, batch: list[tuple[int, Record, PreparedImage]], rows: dict[int, Row],
                  segmenter: DiffSeg) -> None:
-        """Segment one batch into `rows` and empty the bucket."""
-        images = [prepared for _, _, prepared in bucket]
+        """Segment one batch into `rows`."""
+        images = [prepared for _, _, prepared in batch]
         labels = self._model_thread.submit(segmenter.segment_prepared, images, self.settings.batch_size).result()
-        for (index, record, _), mask in zip(bucket, labels):
+        for (index, record, _), mask in zip(batch, labels):
             found = regions(mask)
             rows[index] = Row(record.image_id, record.source_uri, width=mask.shape[1], height=mask.shape[0],
                               mask=label_png(mask), num_segments=len(found),
                               segments=[{"id": r.id, "area": r.area, "bbox": list(r.bbox)} for r in found])
-        bucket.clear()

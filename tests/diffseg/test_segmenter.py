@@ -63,3 +63,10 @@ def test_bfloat16_runs_with_fp32_attention():
     assert all(m.dtype == torch.float32 for m in maps)
     (mask,) = segmenter.segment([photo(80, 64)])
     assert mask.shape == (64, 80)
+
+
+def test_segmenters_built_on_one_model_share_its_capture(tiny):
+    other = DiffSeg(tiny.model, DiffSegConfig(kl_threshold=0.5))
+    image = photo(128, 96, seed=7)
+    assert other.capture is tiny.capture
+    assert tiny.segment([image])[0].shape == other.segment([image])[0].shape == (96, 128)
