@@ -59,12 +59,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_algorithm_arguments(parser: argparse.ArgumentParser, methods: Sequence[str] = METHODS) -> None:
-    """The `DiffSegConfig` flags shared by every command line (`config_from_args` reads them back)."""
+def add_algorithm_arguments(parser: argparse.ArgumentParser, methods: Sequence[str] = METHODS,
+                            crop: str = DiffSegConfig.crop,
+                            kl_threshold: float | None = DiffSegConfig.kl_threshold) -> None:
+    """The `DiffSegConfig` flags shared by every command line (`config_from_args` reads them back).
+
+    `crop` and `kl_threshold` are the command's defaults; `kl_threshold=None` leaves the threshold to the
+    command (which must say how it chooses it)."""
     parser.add_argument("--method", choices=methods, default=DiffSegConfig.method,
                         help="diffseg (the paper's method, default) or a K-Means baseline on the same attention")
-    parser.add_argument("--kl-threshold", type=parse_thresholds, default=DiffSegConfig.kl_threshold,
-                        help="merge threshold, or one per pass comma-separated (default 1.1)")
+    parser.add_argument("--kl-threshold", type=parse_thresholds, default=kl_threshold,
+                        help="merge threshold, or one per pass comma-separated (default "
+                             + (f"{kl_threshold:g})" if kl_threshold is not None else "set by the command, see above)"))
     parser.add_argument("--num-points", type=int, default=DiffSegConfig.num_points,
                         help="anchor grid side (default 16)")
     parser.add_argument("--num-clusters", type=int, default=DiffSegConfig.num_clusters,
@@ -72,8 +78,8 @@ def add_algorithm_arguments(parser: argparse.ArgumentParser, methods: Sequence[s
     parser.add_argument("--timestep", type=int, default=DiffSegConfig.timestep, help="default 300")
     parser.add_argument("--resolution", type=int, default=DiffSegConfig.resolution,
                         help="processing size of the longer side, a multiple of 64 (default 512)")
-    parser.add_argument("--crop", choices=CROP_MODES, default=DiffSegConfig.crop,
-                        help="none: whole image (default); center: the paper's square crop")
+    parser.add_argument("--crop", choices=CROP_MODES, default=crop,
+                        help=f"none: whole image; center: the paper's square crop (default {crop})")
     parser.add_argument("--refine", action="store_true", help="K-Means refinement of the merged segments")
 
 

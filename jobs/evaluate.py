@@ -59,8 +59,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="model precision (default: float16 on cuda, float32 on cpu)")
     p.add_argument("--batch-size", type=int, default=1, help="images per UNet forward (default 1)")
-    add_algorithm_arguments(p, METHODS)
-    p.set_defaults(kl_threshold=None, crop="center")
+    add_algorithm_arguments(p, METHODS, crop="center", kl_threshold=None)
     p.add_argument("--sweep", type=parse_thresholds, default=None, metavar="TAUS",
                    help="score several merge thresholds at once, comma-separated (one forward per image)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="per-image",

@@ -124,9 +124,10 @@ class Report:
     """Wall time of the run."""
 
     def summary(self) -> dict[str, Any]:
-        """One JSON-ready line: per variant accuracy, mIoU, images scored and seconds; counts; wall time."""
+        """One JSON-ready line: per variant accuracy, mIoU, images scored and seconds; counts; wall time; and
+        what was scored (`source`)."""
         return {"dataset": self.dataset, "protocol": self.protocol, "images": self.images, "failed": self.failed,
-                "seconds": round(self.seconds, 3),
+                "seconds": round(self.seconds, 3), "source": self.source,
                 "results": {name: {"accuracy": _finite(r["accuracy"]), "miou": _finite(r["miou"]),
                                    "images": r["images"], "seconds": round(r["seconds"], 3)}
                             for name, r in self.results.items()}}

@@ -60,7 +60,8 @@ def test_scoring_a_model_prints_the_table_and_writes_scores_and_report(tmp_path)
     table = pq.read_table(tmp_path / "scores.parquet").to_pylist()
     assert len(table) == 6 and {row["variant"] for row in table} == {"diffseg tau=0.5", "diffseg tau=1.1"}
     assert {row["image_id"] for row in table} == {f"{i}.jpg" for i in ids[:3]}
-    assert (tmp_path / "report" / "index.html").exists() and summary["report"] == str(tmp_path / "report" / "index.html")
+    page = tmp_path / "report" / "index.html"
+    assert page.exists() and summary["report"] == str(page)
 
 
 @pytest.mark.integration

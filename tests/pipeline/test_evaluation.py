@@ -44,7 +44,7 @@ def test_scores_are_the_metrics_of_the_segmenters_own_masks(coco, segmenter):
     expected = evaluate(segmenter.segment_prepared(list(images)), labels)
     (name, result), = report.results.items()
     assert name == "diffseg tau=0.5" and result["images"] == 4 and report.failed == 0
-    assert (result["accuracy"], result["miou"], result["tp"]) == (expected["accuracy"], expected["miou"], expected["tp"])
+    assert [result[key] for key in ("accuracy", "miou", "tp")] == [expected[key] for key in ("accuracy", "miou", "tp")]
     assert [row["image_id"] for row in report.rows] == [e.image_id for e in coco.examples]
     assert len(report.samples) == 2 and report.samples[1].image_id == coco.examples[-1].image_id
 
@@ -62,7 +62,8 @@ def test_a_sweep_scores_each_threshold_from_one_forward(coco, segmenter):
 
 def test_kmeans_s_takes_as_many_clusters_as_the_image_has_classes(coco, segmenter):
     report = score_model(segmenter, coco, variants("kmeans-s", SMALL), progress=False)
-    assert all(0 < row["segments"] <= row["classes"] for row in report.rows) and report.results["kmeans-s"]["images"] == 4
+    assert all(0 < row["segments"] <= row["classes"] for row in report.rows)
+    assert report.results["kmeans-s"]["images"] == 4
     constant = score_model(segmenter, coco, variants("kmeans-c", dataclasses.replace(SMALL, num_clusters=5)),
                            progress=False)
     assert list(constant.results) == ["kmeans-c K=5"]
@@ -85,8 +86,9 @@ def write_job_output(folder, dataset, masks, config):
     """A labeling job's output holding `masks` (join key -> label map or an error string)."""
     output = OutputDataset(Location(str(folder)))
     output.claim({"config": config.to_dict(), "model": {"model": "test"}})
-    rows = [Row(f"part/{key}.jpg", f"file:///{key}", error=mask, status="error") if isinstance(mask, str)
-            else Row(f"part/{key}.jpg", f"file:///{key}", mask.shape[1], mask.shape[0], label_png(torch.from_numpy(mask)), 1, [])
+    rows = [Row.failed(f"part/{key}.jpg", f"file:///{key}", mask) if isinstance(mask, str)
+            else Row(f"part/{key}.jpg", f"file:///{key}", mask.shape[1], mask.shape[0],
+                     label_png(torch.from_numpy(mask)), 1, [])
             for key, mask in masks.items()]
     output.write("part-00000", rows, {})
     return Location(str(folder))
