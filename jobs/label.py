@@ -62,6 +62,9 @@ def parser() -> argparse.ArgumentParser:
     add_algorithm_arguments(p)
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="larger images become error rows")
     p.add_argument("--max-retries", type=int, default=3, help="further attempts per failed shard (default 3)")
+    p.add_argument("--startup-timeout", type=float, default=0,
+                   help="seconds to wait for an autoscaling cluster to add the nodes the actors need (default 0: "
+                        "the resources must be there now)")
     p.add_argument("--storage-options", default=None, help="JSON object of fsspec options for input and output")
     p.add_argument("--address", default=None,
                    help="Ray cluster address, or auto for a running local one (default: RAY_ADDRESS, else a new "
@@ -75,7 +78,8 @@ def job_from_args(args: argparse.Namespace) -> LabelJob:
     for flag, value, least in (("--shard-size", args.shard_size, 1), ("--batch-size", args.batch_size, 1),
                                ("--num-actors", args.num_actors, 1), ("--max-retries", args.max_retries, 0),
                                ("--gpus-per-actor", args.gpus_per_actor, 0), ("--max-pixels", args.max_pixels, 1),
-                               ("--cpus-per-actor", args.cpus_per_actor, 0.001)):
+                               ("--cpus-per-actor", args.cpus_per_actor, 0.001),
+                               ("--startup-timeout", args.startup_timeout, 0)):
         if value is not None and value < least:
             raise ValueError(f"{flag} must be at least {least:g}, got {value:g}")
     config = config_from_args(args)
@@ -84,7 +88,8 @@ def job_from_args(args: argparse.Namespace) -> LabelJob:
                     columns=ParquetColumns(image=args.image_column, id=args.id_column),
                     num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
                     batch_size=args.batch_size, dtype=args.dtype, max_pixels=args.max_pixels,
-                    max_retries=args.max_retries, storage_options=parse_storage_options(args.storage_options))
+                    max_retries=args.max_retries, startup_timeout=args.startup_timeout,
+                    storage_options=parse_storage_options(args.storage_options))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,6 +25,9 @@ from .sources import ParquetColumns, Shard, plan
 from .storage import Location
 from .worker import LabelWorker, Placement, WorkerSettings
 
+LOST_ACTORS_TIMEOUT = 600.0
+"""Seconds the job waits when every actor has been lost (their nodes gone) before it gives up the remaining
+shards; a re-run finishes them."""
 IN_FLIGHT_PER_ACTOR = 2
 """Shards handed to an actor at once: one being segmented, one being read or written. More would let a
 slow actor hoard work; fewer would leave the model idle while a shard is uploaded."""
@@ -57,6 +60,10 @@ class LabelJob:
     max_pixels: int = MAX_PIXELS
     max_retries: int = 3
     """Further attempts for a shard whose attempt failed (actor died, storage error) before giving up."""
+    startup_timeout: float = 0.0
+    """Seconds to wait for the cluster to host the actors. 0: the cluster must have the resources now (the job
+    is refused otherwise); more: an autoscaling cluster may add the nodes first (actor requests are what make
+    it scale up), and the job is refused if they are not there in time."""
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -78,6 +85,9 @@ class Summary:
     run_id: str = ""
     failed: list[dict[str, str]] = field(default_factory=list)
     """`{"shard": name, "error": last error}` for each shard that failed for good."""
+    in_flight_peak: int = 0
+    """Most shards handed to actors at once (at most `IN_FLIGHT_PER_ACTOR` per actor): the driver's backlog
+    and the object store's load stay bounded whatever the size of the input."""
 
     def to_dict(self) -> dict[str, Any]:
         """All fields (times rounded to ms) and `images_per_second` over the whole run."""
@@ -186,10 +196,12 @@ def _resources(job: LabelJob, shards: int) -> tuple[int, float, float]:
     else:
         cpus = job.cpus_per_actor if job.cpus_per_actor is not None else max(1.0, min(node_cpus, default=1.0))
         actors = job.num_actors or max(1, sum(1 for c in node_cpus if c >= cpus))
-    if gpus > total.get("GPU", 0):
-        raise JobError(f"--gpus-per-actor {gpus:g}: the cluster has {total.get('GPU', 0):g} GPU(s)")
-    if cpus > max(node_cpus, default=0):
-        raise JobError(f"--cpus-per-actor {cpus:g}: no node has that many CPUs (largest: {max(node_cpus):g})")
+    if not job.startup_timeout:
+        if gpus > total.get("GPU", 0):
+            raise JobError(f"--gpus-per-actor {gpus:g}: the cluster has {total.get('GPU', 0):g} GPU(s) "
+                           "(an autoscaling cluster needs --startup-timeout)")
+        if cpus > max(node_cpus, default=0):
+            raise JobError(f"--cpus-per-actor {cpus:g}: no node has that many CPUs (largest: {max(node_cpus):g})")
     return min(actors, shards), gpus, cpus
 
 
@@ -202,7 +214,13 @@ def _start_actors(job: LabelJob, source: Location, output: Location, shards: int
     remote = ray.remote(LabelWorker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=0,
                                              max_concurrency=IN_FLIGHT_PER_ACTOR)
     actors = [remote.remote(settings, Placement(source, output, job.columns)) for _ in range(count)]
-    loaded = ray.get([actor.load.remote() for actor in actors])
+    try:
+        loaded = ray.get([actor.load.remote() for actor in actors], timeout=job.startup_timeout or None)
+    except ray.exceptions.GetTimeoutError:
+        for actor in actors:
+            ray.kill(actor)
+        raise JobError(f"the cluster did not start {count} actor(s) with {gpus:g} GPU(s) and {cpus:g} CPU(s) each "
+                       f"within --startup-timeout {job.startup_timeout:g} s") from None
     errors = [result["error"] for result in loaded if "error" in result]
     if errors:
         for actor in actors:
@@ -214,25 +232,44 @@ def _start_actors(job: LabelJob, source: Location, output: Location, shards: int
 
 
 def _schedule(actors: list, shards: list[Shard], max_retries: int, summary: Summary, progress: bool) -> None:
-    """Keep every actor busy with up to `IN_FLIGHT_PER_ACTOR` shards from one queue until all are done."""
+    """Keep every usable actor busy with up to `IN_FLIGHT_PER_ACTOR` shards from one queue until all are done.
+
+    An actor whose task failed because the actor died is set aside until a probe (`load`, which also reloads
+    the model after a restart) answers: Ray restarts it, on another node if its own is gone, and one that
+    cannot be placed again must not be handed shards that would wait for it forever.
+    """
     pending = deque(shards)
     attempts: Counter[str] = Counter()
     in_flight: dict[ray.ObjectRef, tuple[int, Shard]] = {}
-    begun = time.perf_counter()
+    probes: dict[ray.ObjectRef, int] = {}
+    usable = set(range(len(actors)))
+    begun = lost_since = time.perf_counter()
     with tqdm(total=len(shards), unit="shard", file=sys.stderr, disable=not progress, mininterval=1.0,
               dynamic_ncols=True) as bar:
         while pending or in_flight:
             busy = Counter(index for index, _ in in_flight.values())
-            for index in sorted(range(len(actors)), key=busy.__getitem__):
+            for index in sorted(usable, key=busy.__getitem__):
                 for _ in range(min(IN_FLIGHT_PER_ACTOR - busy[index], len(pending))):
                     shard = pending.popleft()
                     in_flight[actors[index].process.remote(shard, summary.run_id)] = (index, shard)
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+            summary.in_flight_peak = max(summary.in_flight_peak, len(in_flight))
+            if in_flight or usable:
+                lost_since = time.perf_counter()
+            elif time.perf_counter() - lost_since > LOST_ACTORS_TIMEOUT:
+                _give_up(summary, bar, pending, f"no actor left for {LOST_ACTORS_TIMEOUT:g} s (their nodes are gone)")
+                return
+            ready, _ = ray.wait(list(in_flight) + list(probes), num_returns=1, timeout=1.0)
             for ref in ready:
-                _, shard = in_flight.pop(ref)
+                if ref in probes:
+                    _probed(ref, probes, actors, usable)
+                    continue
+                index, shard = in_flight.pop(ref)
                 try:
                     marker = ray.get(ref)
                 except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as error:
+                    if isinstance(error, ray.exceptions.RayActorError) and index in usable:
+                        usable.discard(index)
+                        probes[actors[index].load.remote()] = index
                     attempts[shard.name] += 1
                     if attempts[shard.name] <= max_retries:
                         pending.append(shard)
@@ -245,6 +282,24 @@ def _schedule(actors: list, shards: list[Shard], max_retries: int, summary: Summ
                 bar.set_postfix(images=images, img_per_s=f"{images / (time.perf_counter() - begun):.2f}",
                                 refresh=False)
                 bar.update()
+
+
+def _probed(ref: ray.ObjectRef, probes: dict[ray.ObjectRef, int], actors: list, usable: set[int]) -> None:
+    """An actor set aside answered its probe: usable again if its model loaded, probed again if it died again."""
+    index = probes.pop(ref)
+    try:
+        answer = ray.get(ref)
+    except ray.exceptions.RayActorError:
+        probes[actors[index].load.remote()] = index
+        return
+    if "info" in answer:
+        usable.add(index)
+
+
+def _give_up(summary: Summary, bar: tqdm, pending: deque, reason: str) -> None:
+    """Count every shard still waiting as failed for good."""
+    while pending:
+        _note_failure(summary, bar, pending.popleft().name, reason, final=True)
 
 
 def _note_failure(summary: Summary, bar: tqdm, shard: str, reason: str, final: bool) -> None:

@@ -93,6 +93,41 @@ def start_ray_head(temp_dir: Path, cpus: int, object_store_mb: int, dashboard: b
     return process, address, url
 
 
+def start_ray_worker(address: str, log: Path, cpus: int, object_store_mb: int) -> subprocess.Popen:
+    """Another node of the cluster at `address` on this machine (`ray start --address --block`), with ports of
+    its own; returns its process, whose group holds the node's raylet and workers (kill it to lose the node)."""
+    ports = {flag: free_port() for flag in ("--node-manager-port", "--object-manager-port", "--metrics-export-port",
+                                            "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                                            "--runtime-env-agent-port")}
+    command = [str(BIN / "ray"), "start", "--address", address, "--block", "--disable-usage-stats",
+               "--node-ip-address", "127.0.0.1", f"--num-cpus={cpus}",
+               f"--object-store-memory={object_store_mb * 2**20}",
+               *(f"{flag}={port}" for flag, port in ports.items())]
+    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: b"Ray runtime started" in log.read_bytes(), 120, f"ray worker node (log: {log})", process)
+    except BaseException:
+        stop(process)
+        raise
+    return process
+
+
+def kill_node(process: subprocess.Popen) -> None:
+    """SIGKILL a node started by `start_ray_worker` and everything it runs, as a machine that dies: its raylet
+    and agents (the process group) and its actors (their own groups, in the node's session)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == process.pid:  # the session id, after the state, ppid and pgrp fields
+            try:
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    process.wait()
+
+
 def _answers(url: str) -> bool:
     """Whether an HTTP server answers at `url` (401 included: the dashboard wants the Ray auth token)."""
     try:

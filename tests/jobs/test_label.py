@@ -105,3 +105,19 @@ def test_ray_job_submit_runs_the_job_on_a_cluster(tmp_path):
     summary_line = next(line for line in result.stdout.splitlines() if line.startswith("{\"images_ok\""))
     assert json.loads(summary_line)["images_ok"] == 3
     assert len(read_output(str(tmp_path / "out"))) == 3
+
+
+@pytest.mark.integration
+def test_actors_the_cluster_cannot_host_are_refused_at_once_or_after_the_startup_timeout(tmp_path, ray_cluster):
+    write_files(tmp_path / "in", good_images(2))
+    args = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--gpus-per-actor", "1", *FAST]
+    refused = label(*args)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == "error: --gpus-per-actor 1: the cluster has 0 GPU(s) (an autoscaling cluster " \
+                                     "needs --startup-timeout)"
+    started = time.monotonic()
+    waited = label(*args, "--startup-timeout", "5")
+    assert waited.returncode == 2 and time.monotonic() - started >= 5
+    assert waited.stderr.strip() == "error: the cluster did not start 1 actor(s) with 1 GPU(s) and 1 CPU(s) each " \
+                                    "within --startup-timeout 5 s"
+    assert not list((tmp_path / "out").glob("*.parquet"))
