@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import math
 import sys
 import time
@@ -39,14 +38,13 @@ from diffseg.preprocess import PreparedImage, prepare, prepare_label
 from diffseg.visualize import to_image
 
 from .datasets import Example, LabeledDataset, join_key
-from .output import MANIFEST
+from .output import manifest_config, read_manifest
+from .pages import display_size, resize_nearest
 from .prefetch import prefetch
 from .storage import Location, StorageError
 
 METHODS = ("diffseg", "kmeans-c", "kmeans-s")
 """Methods a model can be scored with: K-Means-S takes K = the classes present in each image's ground truth."""
-DISPLAY_SIDE = 320
-"""Longer side, in pixels, of the sample pictures kept for reports."""
 
 
 @dataclass(frozen=True)
@@ -155,9 +153,9 @@ class _Scorer:
             self.owed += index in self.samples  # the next image that can be shown takes its place
         elif index in self.samples or self.owed:
             self.owed -= index not in self.samples
-            size = _display_size(label.shape)
+            size = display_size(label.shape)
             self.pending = Sample(example.image_id, photo().resize(size, Image.Resampling.BILINEAR),
-                                  _resize_nearest(label, size))
+                                  resize_nearest(label, size))
             self.report.samples.append(self.pending)
 
     def score(self, example: Example, name: str, prediction: Any, label: np.ndarray) -> None:
@@ -169,7 +167,7 @@ class _Scorer:
             # Segments matched to classes absent from the image are false positives: shown as unmatched.
             shown = np.where(np.isin(score.segment_class, label), score.segment_class, -1)
             matched = shown[np.asarray(prediction)]
-            self.pending.predictions[name] = _resize_nearest(matched, self.pending.label.shape[::-1])
+            self.pending.predictions[name] = resize_nearest(matched, self.pending.label.shape[::-1])
             self.pending.scores[name] = score
 
     def fail(self, example: Example, reason: str) -> None:
@@ -269,11 +267,13 @@ def score_predictions(output: Location, dataset: LabeledDataset, limit: int | No
         StorageError: `output` is not a labeling job's output.
     """
     started = time.perf_counter()
-    config, manifest = _job_config(output)
+    manifest = read_manifest(output)
+    config = manifest_config(manifest)
     examples = dataset.examples[:limit]
     masks = _masks(output, [example.key for example in examples])
     name = f"{config.method} (predictions)"
-    report = Report(dataset.name, dataset.class_names, protocol, source={"predictions": output.uri(""), **manifest})
+    source = {"predictions": output.uri(""), "model": manifest.get("model"), "config": manifest.get("config")}
+    report = Report(dataset.name, dataset.class_names, protocol, source=source)
     scorer = _Scorer(report, [name], dataset.num_classes, examples, samples)
 
     def load() -> Iterator[_Loaded]:
@@ -308,19 +308,6 @@ def score_predictions(output: Location, dataset: LabeledDataset, limit: int | No
     return scorer.finish(started)
 
 
-def _job_config(output: Location) -> tuple[DiffSegConfig, dict[str, Any]]:
-    """The algorithm config a labeling job's output was made with, and the manifest's model and config."""
-    try:
-        manifest = json.loads(output.read(MANIFEST))
-    except FileNotFoundError:
-        raise StorageError(f"{output.url}: not a labeling job's output (no {MANIFEST})") from None
-    except (OSError, ValueError) as error:
-        raise StorageError(f"{output.url}: cannot read {MANIFEST} ({error})") from None
-    known = {f.name for f in dataclasses.fields(DiffSegConfig)}
-    config = DiffSegConfig(**{k: v for k, v in manifest.get("config", {}).items() if k in known})
-    return config, {"model": manifest.get("model"), "config": manifest.get("config")}
-
-
 def _masks(output: Location, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
     """The output's rows (mask, status, error) for the join keys wanted: ids are read first, then only the
     rows needed."""
@@ -351,19 +338,6 @@ def _spread(count: int, samples: int) -> set[int]:
     if count == 0 or samples <= 0:
         return set()
     return {int(i) for i in np.linspace(0, count - 1, min(samples, count)).round()}
-
-
-def _display_size(shape: tuple[int, ...]) -> tuple[int, int]:
-    """`(width, height)` of a picture of an `(H, W)` map with its longer side at most `DISPLAY_SIDE`."""
-    height, width = shape[:2]
-    scale = min(1.0, DISPLAY_SIDE / max(height, width))
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def _resize_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """An integer map resized to `size` `(width, height)` by nearest neighbour."""
-    resized = Image.fromarray(np.asarray(labels, dtype=np.int32)).resize(size, Image.Resampling.NEAREST)
-    return np.asarray(resized, dtype=np.int64)
 
 
 def _bar(total: int, progress: bool) -> tqdm:

@@ -10,6 +10,7 @@ Layout under the output URL (names starting with `_` are bookkeeping that datase
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from dataclasses import dataclass
@@ -18,7 +19,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .storage import Location
+from diffseg import DiffSegConfig
+
+from .storage import Location, StorageError
 
 SCHEMA = pa.schema([
     ("image_id", pa.string()),
@@ -76,6 +79,26 @@ def read_provenance(location: Location, relative: str) -> dict[str, Any]:
     """The provenance stored in the footer of the mask file at `relative`."""
     with location.fs.open(location.path(relative), "rb") as file:
         return json.loads(pq.read_metadata(file).metadata[METADATA_KEY.encode()])
+
+
+def read_manifest(location: Location) -> dict[str, Any]:
+    """The manifest of the mask dataset at `location`.
+
+    Raises:
+        StorageError: there is none (not a labeling job's output), or it cannot be read.
+    """
+    try:
+        return json.loads(location.read(MANIFEST))
+    except FileNotFoundError:
+        raise StorageError(f"{location.url}: not a labeling job's output (no {MANIFEST})") from None
+    except (OSError, ValueError) as error:
+        raise StorageError(f"{location.url}: cannot read {MANIFEST} ({error})") from None
+
+
+def manifest_config(manifest: dict[str, Any]) -> DiffSegConfig:
+    """The algorithm settings a manifest records (settings this version does not know are left out)."""
+    known = {f.name for f in dataclasses.fields(DiffSegConfig)}
+    return DiffSegConfig(**{k: v for k, v in manifest.get("config", {}).items() if k in known})
 
 
 @dataclass

@@ -1,0 +1,198 @@
+"""A browsable page of a labeling job's output: a summary of the whole run and a sample of images with masks.
+
+Built from the output alone: its mask Parquet files, its manifest, and the source images its rows point to
+(files, WebDataset tar members or Parquet rows). It scales to any output: the summary reads a few small
+columns of every row, and only the sampled images' masks and photos are read.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from PIL import Image
+
+from diffseg.preprocess import prepare
+from diffseg.visualize import to_image
+
+from .output import manifest_config, read_manifest, read_provenance
+from .pages import display_size, figure, overlay, resize_nearest, segment_colors, text, write_page
+from .sources import ParquetColumns, image_column
+from .storage import Location, StorageError
+
+FAILED_LISTED = 200
+"""Failed images named one by one (the reasons are counted over all of them)."""
+PROVENANCE_KEYS = ("model", "revision", "random_weights", "config_hash", "device", "dtype", "diffseg", "git_commit",
+                   "run_id", "created")
+"""Provenance shown under each sampled image (the page ends with the manifest in full)."""
+
+
+@dataclass
+class Shown:
+    """One sampled image: its photo with the colored mask over it (or the colored mask alone)."""
+
+    image_id: str
+    source_uri: str
+    segments: int
+    picture: Image.Image
+    note: str
+    """"" when the photo is shown, else why only the mask is."""
+    provenance: dict[str, Any]
+
+
+@dataclass
+class Overview:
+    """What a labeling job's output holds."""
+
+    url: str
+    manifest: dict[str, Any]
+    images: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    """`(image_id, error)` of every image labeled `status=error`."""
+    segments: list[int] = field(default_factory=list)
+    """Segments of every image labeled ok."""
+    shown: list[Shown] = field(default_factory=list)
+
+
+def overview(output: Location, sample: int = 24) -> Overview:
+    """Read the output at `output` and pick `sample` images labeled ok, spread evenly over it.
+
+    Raises:
+        StorageError: `output` is not a labeling job's output, or its files cannot be read.
+    """
+    manifest = read_manifest(output)
+    try:
+        dataset = ds.dataset(output.root, format="parquet", filesystem=output.fs)
+        table = dataset.to_table(columns=["image_id", "source_uri", "status", "error", "num_segments",
+                                          "__filename"]).to_pylist()
+    except (OSError, ValueError) as error:
+        raise StorageError(f"{output.url}: cannot read the masks ({error})") from None
+    result = Overview(output.uri(""), manifest, images=len(table))
+    ok = []
+    for position, row in enumerate(table):
+        if row["status"] == "ok":
+            ok.append(position)
+            result.segments.append(row["num_segments"])
+        else:
+            result.failed.append((row["image_id"], row["error"]))
+    picked = sorted({ok[int(i)] for i in np.linspace(0, len(ok) - 1, min(sample, len(ok))).round()}) if ok else []
+    masks = dataset.take(picked, columns=["mask"]).column("mask").to_pylist() if picked else []
+    config = manifest_config(manifest)
+    provenance: dict[str, dict[str, Any]] = {}
+    columns = ParquetColumns(**manifest.get("columns") or {})
+    for position, mask in zip(picked, masks):
+        row = table[position]
+        file = row["__filename"].removeprefix(output.root + "/")
+        if file not in provenance:
+            provenance[file] = {key: value for key, value in read_provenance(output, file).items()
+                                if key in PROVENANCE_KEYS}
+        labels = np.asarray(Image.open(io.BytesIO(mask)), dtype=np.int64)
+        picture, note = _picture(row["source_uri"], labels, config, output.storage_options, columns)
+        result.shown.append(Shown(row["image_id"], row["source_uri"], row["num_segments"], picture, note,
+                                  {**provenance[file], "file": file}))
+    return result
+
+
+def write_preview(view: Overview, folder: str | Path) -> Path:
+    """Write `folder/index.html` for `view`; returns its path."""
+    ok = view.images - len(view.failed)
+    rate = len(view.failed) / view.images if view.images else 0.0
+    return write_page(folder, f"diffseg masks: {view.url}", [
+        f"<p>{view.images} image(s): {ok} labeled, {len(view.failed)} failed ({100 * rate:.1f}% errors). "
+        f"Showing {len(view.shown)} of the labeled images, spread evenly over the output.</p>",
+        _histogram(view.segments), _reasons(view.failed), "<h2>Sample</h2>", "<div class='row'>",
+        *(_shown(item) for item in view.shown), "</div>", _failed(view.failed), "<h2>Manifest</h2>",
+        f"<pre>{text(json.dumps(view.manifest, indent=2, sort_keys=True))}</pre>",
+    ])
+
+
+def _picture(source_uri: str, labels: np.ndarray, config: Any, storage_options: dict[str, Any],
+             columns: ParquetColumns) -> tuple[Image.Image, str]:
+    """The photo as the job saw it (orientation, crop) under the colored mask, at display size; or the colored
+    mask alone, with the reason, when the photo cannot be read any more."""
+    size = display_size(labels.shape)
+    colors = segment_colors(labels)
+    shown = resize_nearest(labels, size)
+    try:
+        photo = to_image(prepare(_source_bytes(source_uri, storage_options, columns), config).pixels)
+    except (OSError, ValueError, KeyError, tarfile.TarError) as error:
+        return overlay(Image.new("RGB", size), shown, colors), f"photo not readable ({error})"
+    return overlay(photo.resize(size, Image.Resampling.BILINEAR), shown, colors), ""
+
+
+def _source_bytes(uri: str, storage_options: dict[str, Any], columns: ParquetColumns) -> bytes:
+    """The image bytes behind a row's `source_uri`: a file, `TAR#MEMBER` or `PARQUET#ROW`."""
+    base, _, member = uri.partition("#")
+    if not member:
+        with fsspec.open(uri, "rb", **storage_options) as file:
+            return file.read()
+    with fsspec.open(base, "rb", **storage_options) as stream:
+        if base.endswith(".tar"):
+            with tarfile.open(fileobj=stream, mode="r|*") as archive:
+                for entry in archive:
+                    if entry.name == member:
+                        return archive.extractfile(entry).read()
+            raise KeyError(f"no member {member} in {base}")
+        parquet = pq.ParquetFile(stream)
+        folder, name = posixpath.split(base)
+        column = image_column(Location(folder or ".", storage_options), name, parquet.schema_arrow, columns)
+        row, start = int(member), 0
+        for group in range(parquet.num_row_groups):
+            rows = parquet.metadata.row_group(group).num_rows
+            if row < start + rows:
+                value = parquet.read_row_group(group, columns=[column]).column(0)[row - start].as_py()
+                return value["bytes"] if isinstance(value, dict) else value
+            start += rows
+        raise KeyError(f"no row {row} in {base}")
+
+
+def _shown(item: Shown) -> str:
+    details = ", ".join(f"{key}: {value}" for key, value in item.provenance.items())
+    caption = f"{item.image_id}: {item.segments} segment(s)" + (f"; {item.note}" if item.note else "")
+    return (f"<div>{figure(item.picture, caption)}<details><summary>provenance</summary>"
+            f"<small>{text(item.source_uri)}<br>{text(details)}</small></details></div>")
+
+
+def _histogram(segments: list[int]) -> str:
+    """Segments per labeled image, in at most 20 bins."""
+    if not segments:
+        return ""
+    top = max(segments)
+    width = max(1, -(-top // 20))
+    counts = Counter((value - 1) // width for value in segments)
+    most = max(counts.values())
+    rows = []
+    for index in range(max(counts) + 1):
+        low, high = index * width + 1, (index + 1) * width
+        span = str(low) if width == 1 else f"{low}-{high}"
+        bar = f"<span class='bar' style='width:{round(300 * counts[index] / most)}px'></span>"
+        rows.append(f"<tr><td>{span}</td><td>{counts[index]}</td><td style='text-align:left'>{bar}</td></tr>")
+    return (f"<h2>Segments per image</h2><p>median {int(np.median(segments))}, mean {np.mean(segments):.1f}, "
+            f"max {top}.</p><table><tr><th>segments</th><th>images</th><th></th></tr>{''.join(rows)}</table>")
+
+
+def _reasons(failed: list[tuple[str, str]]) -> str:
+    if not failed:
+        return ""
+    # Details in parentheses (a decoder's message, an object address) would make every reason unique.
+    reasons = Counter(error.split(" (")[0] for _, error in failed)
+    rows = "".join(f"<tr><td>{text(reason)}</td><td>{count}</td></tr>" for reason, count in reasons.most_common(20))
+    return f"<h2>Why images failed</h2><table><tr><th>reason</th><th>images</th></tr>{rows}</table>"
+
+
+def _failed(failed: list[tuple[str, str]]) -> str:
+    if not failed:
+        return ""
+    items = "".join(f"<li>{text(image_id)}: {text(error)}</li>" for image_id, error in failed[:FAILED_LISTED])
+    more = f"<p>and {len(failed) - FAILED_LISTED} more.</p>" if len(failed) > FAILED_LISTED else ""
+    return f"<h2>Failed images</h2><ul>{items}</ul>{more}"
