@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_core.py
 	$(BIN)/python benchmarks/bench_job.py
 	$(BIN)/python benchmarks/bench_eval.py
+	$(BIN)/python benchmarks/bench_driver.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache masks out

@@ -147,8 +147,11 @@ def prepare(job: LabelJob) -> Plan:
                 started)
 
 
-def execute(plan: Plan, progress: bool = True) -> Summary:
+def execute(plan: Plan, progress: bool = True, worker: type[LabelWorker] = LabelWorker) -> Summary:
     """Label the plan's remaining shards on the connected Ray cluster (Ray is not touched when none are left).
+
+    `worker` is the actor class: a `LabelWorker`, or a subclass with another model (the driver benchmark runs a
+    no-op one through this same path).
 
     Raises:
         ModelLoadError: a replica could not load the model; nothing was written.
@@ -161,7 +164,7 @@ def execute(plan: Plan, progress: bool = True) -> Summary:
                       run_id=uuid.uuid4().hex)
     if plan.todo:
         starting = time.perf_counter()
-        actors, model = _start_actors(plan.job, plan.source, output, len(plan.todo))
+        actors, model = _start_actors(plan.job, plan.source, output, len(plan.todo), worker)
         summary.startup_seconds = time.perf_counter() - starting
         try:
             plan.output.claim({**plan.identity, "model": model})
@@ -205,13 +208,14 @@ def _resources(job: LabelJob, shards: int) -> tuple[int, float, float]:
     return min(actors, shards), gpus, cpus
 
 
-def _start_actors(job: LabelJob, source: Location, output: Location, shards: int) -> tuple[list, dict]:
+def _start_actors(job: LabelJob, source: Location, output: Location, shards: int,
+                  worker: type[LabelWorker]) -> tuple[list, dict]:
     """Start the actor pool and load a model replica in each; returns the actors and the model's identity."""
     count, gpus, cpus = _resources(job, shards)
     settings = WorkerSettings(model=job.model, config=job.config, revision=job.revision,
                               device="cuda" if gpus else "cpu", dtype=job.dtype, batch_size=job.batch_size,
                               max_pixels=job.max_pixels, threads=max(1, min(int(cpus), os.cpu_count() or 1)))
-    remote = ray.remote(LabelWorker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=0,
+    remote = ray.remote(worker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=0,
                                              max_concurrency=IN_FLIGHT_PER_ACTOR)
     actors = [remote.remote(settings, Placement(source, output, job.columns)) for _ in range(count)]
     try:

@@ -1,0 +1,83 @@
+"""Driver benchmark: planning and scheduling tens of thousands of shards, with a no-op model.
+
+The input is a folder of `--shards` tiny files cut into shards of one image, labeled through the job's own
+path (`pipeline.driver.prepare` and `execute`: listing, the work queue, Ray actors, reading, the mask
+Parquet file and `_done/` marker of every shard) by actors whose model does nothing: what is measured is
+the job around the model. Prints the planning time, shards per second, the peak number of shards in flight
+and the driver process's peak memory (RSS), before and after the run.
+
+    python benchmarks/bench_driver.py [--shards 20000] [--actors 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffseg.preprocess import PreparedImage  # noqa: E402
+from pipeline.driver import LabelJob, execute, prepare  # noqa: E402
+from pipeline.worker import LabelWorker  # noqa: E402
+
+
+class NoopSegmenter:
+    """Stands in for `DiffSeg`: no decoding, no model, a one-segment 8x8 mask per image."""
+
+    info: dict[str, Any] = {"model": "noop", "source": "benchmark", "revision": None, "weights": None,
+                            "random_weights": True}
+
+    def prepare(self, data: bytes, name: str | None = None) -> PreparedImage:
+        return PreparedImage(name or "", torch.zeros(3, 64, 64), (8, 8), (8, 8))
+
+    def segment_prepared(self, images: list[PreparedImage], batch_size: int = 1) -> list[torch.Tensor]:
+        return [torch.zeros(image.mask_size, dtype=torch.int64) for image in images]
+
+
+class NoopWorker(LabelWorker):
+    def _load(self) -> NoopSegmenter:
+        return NoopSegmenter()
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shards", type=int, default=20000)
+    parser.add_argument("--actors", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        inputs = Path(folder) / "in"
+        inputs.mkdir()
+        for i in range(args.shards):
+            (inputs / f"{i:06d}.png").write_bytes(b"not decoded by the no-op model")
+        ray.init(address="local", include_dashboard=False, logging_level="WARNING", num_cpus=args.actors,
+                 object_store_memory=100 * 2**20)
+        before = peak_mib()
+        started = time.perf_counter()
+        plan = prepare(LabelJob(input=str(inputs), output=str(Path(folder) / "out"), model="noop", shard_size=1,
+                                num_actors=args.actors, cpus_per_actor=1))
+        planned = time.perf_counter() - started
+        summary = execute(plan, progress=False, worker=NoopWorker)
+        ray.shutdown()
+    scheduling = summary.seconds - planned - summary.startup_seconds
+    print(f"{platform.processor() or platform.machine()}, ray {ray.__version__}, {args.actors} actors")
+    print(f"{args.shards} shards: planned in {planned:.1f} s, labeled in {scheduling:.1f} s after the actors started "
+          f"({summary.shards_written / scheduling:.0f} shards/s), {summary.shards_failed} failed, "
+          f"at most {summary.in_flight_peak} in flight")
+    print(f"driver peak RSS: {before:.0f} MiB after ray.init, {peak_mib():.0f} MiB at the end")
+
+
+if __name__ == "__main__":
+    main()
