@@ -42,8 +42,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _run(segmenter, jobs, Path(args.out), args.batch_size)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad flags are one line on stderr and exit status 2 (argparse would print the usage first)."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m diffseg", description=__doc__)
+    parser = OneLineParser(prog="python -m diffseg", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     seg = commands.add_parser("segment", help="segment image files or folders (recursive)")
     seg.add_argument("inputs", nargs="+", help="image files or folders")

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from diffseg import DEFAULT_MODEL, DiffSeg, ModelLoadError  # noqa: E402
-from diffseg.cli import add_algorithm_arguments, config_from_args, parse_thresholds  # noqa: E402
+from diffseg.cli import OneLineParser, add_algorithm_arguments, config_from_args, parse_thresholds  # noqa: E402
 from diffseg.metrics import PROTOCOLS  # noqa: E402
 from diffseg.model import DTYPES  # noqa: E402
 from pipeline.datasets import DATASETS, SPLITS, open_dataset  # noqa: E402
@@ -32,16 +32,10 @@ from pipeline.report import write_report  # noqa: E402
 from pipeline.storage import Location, StorageError, parse_storage_options  # noqa: E402
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad flags are one line on stderr and exit status 2 (argparse would print the usage first)."""
-
-    def error(self, message: str) -> None:
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    p = _Parser(prog="jobs/evaluate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="jobs/evaluate.py", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, choices=DATASETS)
     p.add_argument("--root", required=True, help="fsspec URL of the dataset's folder (see pipeline/datasets.py)")
     p.add_argument("--split", default=None, help="split folder (default: " +

@@ -24,12 +24,13 @@ import pyarrow.dataset as ds  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
+from diffseg.cli import OneLineParser  # noqa: E402
 from diffseg.visualize import colorize, overlay  # noqa: E402
 from pipeline.storage import Location, StorageError, parse_storage_options  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jobs/export.py", description=__doc__,
+    parser = OneLineParser(prog="jobs/export.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output", help="fsspec URL of a labeling job's output")
     parser.add_argument("--out", required=True, help="local folder for the PNG files")

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from diffseg import DEFAULT_MODEL, ModelLoadError  # noqa: E402
-from diffseg.cli import add_algorithm_arguments, config_from_args  # noqa: E402
+from diffseg.cli import OneLineParser, add_algorithm_arguments, config_from_args  # noqa: E402
 from diffseg.model import DTYPES  # noqa: E402
 from diffseg.preprocess import MAX_PIXELS  # noqa: E402
 from pipeline.driver import JobError, LabelJob, connect, execute, prepare  # noqa: E402
@@ -27,16 +27,10 @@ from pipeline.sources import FORMATS, ParquetColumns  # noqa: E402
 from pipeline.storage import StorageError, parse_storage_options  # noqa: E402
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad flags are one line on stderr and exit status 2 (argparse would print the usage first)."""
-
-    def error(self, message: str) -> None:
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def parser() -> argparse.ArgumentParser:
     """The job's command-line interface."""
-    p = _Parser(prog="jobs/label.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="jobs/label.py", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True,
                    help="fsspec URL: folder of images (recursive), of WebDataset .tar shards, or of Parquet files")
     p.add_argument("--output", required=True, help="fsspec URL of the output folder of mask Parquet files")

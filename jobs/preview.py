@@ -18,19 +18,14 @@ from collections.abc import Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
+from diffseg.cli import OneLineParser  # noqa: E402
 from pipeline.preview import overview, write_preview  # noqa: E402
 from pipeline.storage import Location, StorageError, parse_storage_options  # noqa: E402
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad flags are one line on stderr and exit status 2 (argparse would print the usage first)."""
-
-    def error(self, message: str) -> None:
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _Parser(prog="jobs/preview.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="jobs/preview.py", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output", help="fsspec URL of a labeling job's output")
     parser.add_argument("--out", required=True, help="local folder for index.html")
     parser.add_argument("--sample", type=int, default=24, help="images shown with their masks (default 24)")

@@ -216,7 +216,7 @@ def _start_actors(job: LabelJob, source: Location, output: Location, shards: int
                               device="cuda" if gpus else "cpu", dtype=job.dtype, batch_size=job.batch_size,
                               max_pixels=job.max_pixels, threads=max(1, min(int(cpus), os.cpu_count() or 1)))
     remote = ray.remote(worker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=0,
-                                             max_concurrency=IN_FLIGHT_PER_ACTOR)
+                                        max_concurrency=IN_FLIGHT_PER_ACTOR)
     actors = [remote.remote(settings, Placement(source, output, job.columns)) for _ in range(count)]
     try:
         loaded = ray.get([actor.load.remote() for actor in actors], timeout=job.startup_timeout or None)
