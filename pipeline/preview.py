@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import io
 import json
-import posixpath
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import numpy as np
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 from PIL import Image
 
 from diffseg.preprocess import prepare
@@ -27,7 +24,7 @@ from diffseg.visualize import to_image
 
 from .output import manifest_config, read_manifest, read_provenance
 from .pages import display_size, figure, overlay, resize_nearest, segment_colors, text, write_page
-from .sources import ParquetColumns, image_column
+from .sources import ParquetColumns, read_source
 from .storage import Location, StorageError
 
 FAILED_LISTED = 200
@@ -124,36 +121,10 @@ def _picture(source_uri: str, labels: np.ndarray, config: Any, storage_options: 
     colors = segment_colors(labels)
     shown = resize_nearest(labels, size)
     try:
-        photo = to_image(prepare(_source_bytes(source_uri, storage_options, columns), config).pixels)
+        photo = to_image(prepare(read_source(source_uri, storage_options, columns), config).pixels)
     except (OSError, ValueError, KeyError, tarfile.TarError) as error:
         return overlay(Image.new("RGB", size), shown, colors), f"photo not readable ({error})"
     return overlay(photo.resize(size, Image.Resampling.BILINEAR), shown, colors), ""
-
-
-def _source_bytes(uri: str, storage_options: dict[str, Any], columns: ParquetColumns) -> bytes:
-    """The image bytes behind a row's `source_uri`: a file, `TAR#MEMBER` or `PARQUET#ROW`."""
-    base, _, member = uri.partition("#")
-    if not member:
-        with fsspec.open(uri, "rb", **storage_options) as file:
-            return file.read()
-    with fsspec.open(base, "rb", **storage_options) as stream:
-        if base.endswith(".tar"):
-            with tarfile.open(fileobj=stream, mode="r|*") as archive:
-                for entry in archive:
-                    if entry.name == member:
-                        return archive.extractfile(entry).read()
-            raise KeyError(f"no member {member} in {base}")
-        parquet = pq.ParquetFile(stream)
-        folder, name = posixpath.split(base)
-        column = image_column(Location(folder or ".", storage_options), name, parquet.schema_arrow, columns)
-        row, start = int(member), 0
-        for group in range(parquet.num_row_groups):
-            rows = parquet.metadata.row_group(group).num_rows
-            if row < start + rows:
-                value = parquet.read_row_group(group, columns=[column]).column(0)[row - start].as_py()
-                return value["bytes"] if isinstance(value, dict) else value
-            start += rows
-        raise KeyError(f"no row {row} in {base}")
 
 
 def _shown(item: Shown) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -127,6 +128,34 @@ def read(shard: Shard, source: Location, columns: ParquetColumns = ParquetColumn
         yield from _read_tar(shard.files[0].key, source)
     else:
         yield from _read_parquet(shard.files[0].key, source, columns)
+
+
+def read_source(uri: str, storage_options: dict[str, Any], columns: ParquetColumns = ParquetColumns()) -> bytes:
+    """The bytes of one image from the `source_uri` the job recorded for it: a file, `TAR#MEMBER` or
+    `PARQUET#ROW` (read up to the member or row group that holds it). Raises `OSError`, `KeyError` (no such
+    member or row) or `tarfile.TarError`."""
+    base, _, member = uri.partition("#")
+    if not member:
+        with fsspec.open(uri, "rb", **storage_options) as file:
+            return file.read()
+    with fsspec.open(base, "rb", **storage_options) as stream:
+        if base.endswith(".tar"):
+            with tarfile.open(fileobj=stream, mode="r|*") as archive:
+                for entry in archive:
+                    if entry.name == member:
+                        return archive.extractfile(entry).read()
+            raise KeyError(f"no member {member} in {base}")
+        parquet = pq.ParquetFile(stream)
+        folder, name = posixpath.split(base)
+        column = image_column(Location(folder or ".", storage_options), name, parquet.schema_arrow, columns)
+        row, start = int(member), 0
+        for group in range(parquet.num_row_groups):
+            rows = parquet.metadata.row_group(group).num_rows
+            if row < start + rows:
+                value = parquet.read_row_group(group, columns=[column]).column(0)[row - start].as_py()
+                return value["bytes"] if isinstance(value, dict) else value
+            start += rows
+        raise KeyError(f"no row {row} in {base}")
 
 
 def image_column(source: Location, key: str, schema: pa.Schema, columns: ParquetColumns) -> str:

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.sources import InputError, ParquetColumns, plan, read
+from pipeline.sources import InputError, ParquetColumns, plan, read, read_source
 from pipeline.storage import Location
 from tests.pipeline.data import good_images, parquet_bytes, tar_bytes, write_files
 
@@ -74,3 +74,18 @@ def test_unusable_inputs_are_one_clear_error(tmp_path):
     assert [s.format for s in plan(Location(str(tmp_path)), "images")] == ["images"]
     with pytest.raises(InputError, match="--shard-size must be at least 1"):
         plan(Location(str(tmp_path)), "images", shard_size=0)
+
+
+def test_one_image_is_read_back_from_the_source_uri_the_job_recorded(tmp_path):
+    images = good_images(5)
+    write_files(tmp_path / "files", images)
+    (tmp_path / "shard.tar").write_bytes(tar_bytes(images))
+    (tmp_path / "rows.parquet").write_bytes(parquet_bytes(images, "datasets"))  # row groups of 3 rows
+    name, data = list(images.items())[4]
+    assert read_source(f"file://{tmp_path}/files/{name}", {}) == data
+    assert read_source(f"file://{tmp_path}/shard.tar#{name}", {}) == data
+    assert read_source(f"file://{tmp_path}/rows.parquet#4", {}) == data
+    with pytest.raises(KeyError, match="no member missing.png"):
+        read_source(f"file://{tmp_path}/shard.tar#missing.png", {})
+    with pytest.raises(KeyError, match="no row 9"):
+        read_source(f"file://{tmp_path}/rows.parquet#9", {})
