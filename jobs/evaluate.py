@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from diffseg.metrics import PROTOCOLS  # noqa: E402
 from diffseg.model import DTYPES  # noqa: E402
 from pipeline.datasets import DATASETS, SPLITS, open_dataset  # noqa: E402
 from pipeline.evaluation import METHODS, Report, score_model, score_predictions, variants, write_scores  # noqa: E402
+from pipeline.pages import percent  # noqa: E402
 from pipeline.report import write_report  # noqa: E402
 from pipeline.storage import Location, StorageError, parse_storage_options  # noqa: E402
 
@@ -100,7 +100,7 @@ def table(report: Report) -> str:
     lines = [f"{report.dataset}: {report.images} image(s), {report.failed} not scored, {report.protocol} matching",
              f"{'method':<{width}}  {'ACC %':>6}  {'mIoU %':>6}  {'images':>6}  {'seconds':>8}"]
     for name, result in report.results.items():
-        lines.append(f"{name:<{width}}  {_percent(result['accuracy']):>6}  {_percent(result['miou']):>6}  "
+        lines.append(f"{name:<{width}}  {percent(result['accuracy']):>6}  {percent(result['miou']):>6}  "
                      f"{result['images']:>6}  {result['seconds']:>8.1f}")
     return "\n".join(lines)
 
@@ -119,10 +119,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"per-image scores: {scores}" + (f"; report: {page}" if page else ""), file=sys.stderr)
     print(json.dumps({**report.summary(), "scores": scores, "report": str(page) if page else None}), flush=True)
     return 1 if report.failed else 0
-
-
-def _percent(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{100 * value:.1f}"
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from diffseg.visualize import to_image
 
 from .datasets import Example, LabeledDataset, join_key
 from .output import manifest_config, read_manifest
-from .pages import display_size, resize_nearest
+from .pages import display_size, resize_nearest, spread
 from .prefetch import prefetch
 from .storage import Location, StorageError
 
@@ -136,7 +136,7 @@ class _Scorer:
 
     def __init__(self, report: Report, names: Sequence[str], num_classes: int, examples: Sequence[Example],
                  samples: int) -> None:
-        self.report, self.samples = report, _spread(len(examples), samples)
+        self.report, self.samples = report, set(spread(len(examples), samples))
         self.order = {example.image_id: index for index, example in enumerate(examples)}
         self.evaluations = {name: Evaluation(num_classes, protocol=report.protocol) for name in names}
         self.seconds = dict.fromkeys(names, 0.0)
@@ -331,13 +331,6 @@ def _masks(output: Location, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
 def _finite(value: float) -> float | None:
     """None for NaN (nothing scored), which JSON cannot hold."""
     return None if math.isnan(value) else value
-
-
-def _spread(count: int, samples: int) -> set[int]:
-    """`samples` indices spread evenly over `range(count)`."""
-    if count == 0 or samples <= 0:
-        return set()
-    return {int(i) for i in np.linspace(0, count - 1, min(samples, count)).round()}
 
 
 def _bar(total: int, progress: bool) -> tqdm:

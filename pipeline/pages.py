@@ -90,3 +90,19 @@ def segment_colors(labels: np.ndarray) -> np.ndarray:
 
 def percent(value: float | None) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f}"
+
+
+def spread(count: int, samples: int) -> list[int]:
+    """Up to `samples` indices spread evenly over `range(count)`, first and last included, in order."""
+    if count == 0 or samples <= 0:
+        return []
+    return sorted({int(i) for i in np.linspace(0, count - 1, min(samples, count)).round()})
+
+
+def failure_list(title: str, failures: list[tuple[str, str]], limit: int) -> str:
+    """A heading and the first `limit` `(image id, reason)` pairs as a list; "" when there are none."""
+    if not failures:
+        return ""
+    items = "".join(f"<li>{text(image_id)}: {text(reason)}</li>" for image_id, reason in failures[:limit])
+    more = f"<p>and {len(failures) - limit} more.</p>" if len(failures) > limit else ""
+    return f"<h2>{text(title)}</h2><ul>{items}</ul>{more}"

@@ -23,7 +23,8 @@ from diffseg.preprocess import prepare
 from diffseg.visualize import to_image
 
 from .output import manifest_config, read_manifest, read_provenance
-from .pages import display_size, figure, overlay, resize_nearest, segment_colors, text, write_page
+from .pages import (display_size, failure_list, figure, overlay, resize_nearest, segment_colors, spread, text,
+                    write_page)
 from .sources import ParquetColumns, read_source
 from .storage import Location, StorageError
 
@@ -82,7 +83,7 @@ def overview(output: Location, sample: int = 24) -> Overview:
             result.segments.append(row["num_segments"])
         else:
             result.failed.append((row["image_id"], row["error"]))
-    picked = sorted({ok[int(i)] for i in np.linspace(0, len(ok) - 1, min(sample, len(ok))).round()}) if ok else []
+    picked = [ok[i] for i in spread(len(ok), sample)]
     masks = dataset.take(picked, columns=["mask"]).column("mask").to_pylist() if picked else []
     config = manifest_config(manifest)
     provenance: dict[str, dict[str, Any]] = {}
@@ -108,7 +109,8 @@ def write_preview(view: Overview, folder: str | Path) -> Path:
         f"<p>{view.images} image(s): {ok} labeled, {len(view.failed)} failed ({100 * rate:.1f}% errors). "
         f"Showing {len(view.shown)} of the labeled images, spread evenly over the output.</p>",
         _histogram(view.segments), _reasons(view.failed), "<h2>Sample</h2>", "<div class='row'>",
-        *(_shown(item) for item in view.shown), "</div>", _failed(view.failed), "<h2>Manifest</h2>",
+        *(_shown(item) for item in view.shown), "</div>",
+        failure_list("Failed images", view.failed, FAILED_LISTED), "<h2>Manifest</h2>",
         f"<pre>{text(json.dumps(view.manifest, indent=2, sort_keys=True))}</pre>",
     ])
 
@@ -159,11 +161,3 @@ def _reasons(failed: list[tuple[str, str]]) -> str:
     reasons = Counter(error.split(" (")[0] for _, error in failed)
     rows = "".join(f"<tr><td>{text(reason)}</td><td>{count}</td></tr>" for reason, count in reasons.most_common(20))
     return f"<h2>Why images failed</h2><table><tr><th>reason</th><th>images</th></tr>{rows}</table>"
-
-
-def _failed(failed: list[tuple[str, str]]) -> str:
-    if not failed:
-        return ""
-    items = "".join(f"<li>{text(image_id)}: {text(error)}</li>" for image_id, error in failed[:FAILED_LISTED])
-    more = f"<p>and {len(failed) - FAILED_LISTED} more.</p>" if len(failed) > FAILED_LISTED else ""
-    return f"<h2>Failed images</h2><ul>{items}</ul>{more}"

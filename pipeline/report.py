@@ -14,7 +14,7 @@ import numpy as np
 from diffseg.visualize import palette
 
 from .evaluation import Report, Sample
-from .pages import UNMATCHED, figure, overlay, percent, text, write_page
+from .pages import UNMATCHED, failure_list, figure, overlay, percent, text, write_page
 
 FAILED_LISTED = 100
 """Failed images named on the page (all of them are in the per-image scores)."""
@@ -74,9 +74,4 @@ def _failures(report: Report) -> str:
     for row in report.rows:
         if row["status"] != "ok":
             seen.setdefault(row["image_id"], row["error"])
-    if not seen:
-        return ""
-    items = "".join(f"<li>{text(image_id)}: {text(reason)}</li>"
-                    for image_id, reason in list(seen.items())[:FAILED_LISTED])
-    more = f"<p>and {len(seen) - FAILED_LISTED} more.</p>" if len(seen) > FAILED_LISTED else ""
-    return f"<h2>Not scored</h2><ul>{items}</ul>{more}"
+    return failure_list("Not scored", list(seen.items()), FAILED_LISTED)

@@ -2,10 +2,7 @@
 
 import base64
 import io
-import os
 import re
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -15,6 +12,7 @@ from diffseg import DiffSeg, DiffSegConfig
 from pipeline.datasets import open_dataset
 from pipeline.evaluation import score_model, variants
 from pipeline.report import write_report
+from tests.browser import chromium, colorful_fraction
 from tests.pipeline.labeled import coco_stuff
 
 CONFIG = DiffSegConfig(resolution=128, crop="center", kl_threshold=0.5)
@@ -62,19 +60,10 @@ def test_predicted_segments_take_the_color_of_their_matched_class(report):
 
 @pytest.mark.integration
 def test_a_headless_browser_renders_the_page(report, tmp_path):
-    browser = shutil.which("chromium")
-    if browser is None and not os.environ.get("CI"):
-        pytest.skip("chromium is not installed here (.ci/run installs it)")
-    assert browser, "chromium is missing: .ci/run installs it"
     page = write_report(report, tmp_path / "report")
     shot = tmp_path / "shot.png"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600"]
-    dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    dom = chromium(tmp_path / "profile", "--window-size=1200,1600", "--dump-dom", page.as_uri())
     assert dom.returncode == 0 and dom.stdout.count("<img") == 12 and "diffseg tau=1" in dom.stdout
-    subprocess.run([browser, *flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120,
-                   check=True)
-    pixels = np.asarray(Image.open(shot).convert("RGB"))
-    colorful = (pixels.max(axis=2).astype(int) - pixels.min(axis=2)) > 60  # overlays and photos, not text
-    assert colorful.mean() > 0.05
+    shown = chromium(tmp_path / "profile", "--window-size=1200,1600", f"--screenshot={shot}", page.as_uri())
+    assert shown.returncode == 0
+    assert colorful_fraction(shot) > 0.05  # overlays and photos, not text
