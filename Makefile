@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_CPU := torch==2.13.0
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo lint test test-fast bench clean
 
 MODEL ?= CompVis/stable-diffusion-v1-4
 
@@ -28,10 +28,13 @@ demo: install
 	echo "Masks: $(DEMO_OUT)/*.parquet (one row per image, mask = label PNG). View them: $(DEMO_OUT)-png/NAME.overlay.png"; fi; \
 	exit $$status
 
-test: install
+lint: install
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest -q
 
-test-fast: install
+test-fast: lint
 	$(BIN)/python -m pytest -q -m "not integration"
 
 bench: install

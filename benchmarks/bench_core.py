@@ -24,7 +24,6 @@ from diffseg.attention import SelfAttentionCapture
 from diffseg.model import DTYPES
 
 
-
 def peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 

@@ -26,7 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffseg.preprocess import PreparedImage  # noqa: E402
-from pipeline.driver import LabelJob, execute, prepare  # noqa: E402
+from pipeline.driver import execute, prepare  # noqa: E402
+from pipeline.job import LabelJob  # noqa: E402
 from pipeline.worker import LabelWorker  # noqa: E402
 
 
@@ -63,11 +64,11 @@ def main() -> None:
         for i in range(args.shards):
             (inputs / f"{i:06d}.png").write_bytes(b"not decoded by the no-op model")
         ray.init(address="local", include_dashboard=False, logging_level="WARNING", num_cpus=args.actors,
-                 object_store_memory=100 * 2**20)
+                 num_gpus=0, object_store_memory=100 * 2**20)
         before = peak_mib()
         started = time.perf_counter()
         plan = prepare(LabelJob(input=str(inputs), output=str(Path(folder) / "out"), model="noop", shard_size=1,
-                                num_actors=args.actors, cpus_per_actor=1))
+                                num_actors=args.actors, cpus_per_actor=1, memory_per_actor=0))  # no model to hold
         planned = time.perf_counter() - started
         summary = execute(plan, progress=False, worker=NoopWorker)
         ray.shutdown()

@@ -34,7 +34,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffseg import DiffSeg, DiffSegConfig  # noqa: E402
-from pipeline.driver import LabelJob, run  # noqa: E402
+from pipeline.driver import run  # noqa: E402
+from pipeline.job import LabelJob  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
@@ -82,7 +83,7 @@ def main() -> None:
     cpus = os.cpu_count() or 1
     print(f"{platform.processor() or platform.machine()}, {cpus} CPUs, torch {torch.__version__}, "
           f"ray {ray.__version__}")
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, object_store_memory=256 * 2**20,
+    ray.init(address="local", num_cpus=cpus, num_gpus=0, include_dashboard=False, object_store_memory=256 * 2**20,
              logging_level="WARNING")
     work = Path(tempfile.mkdtemp(prefix="bench-job-"))
     try:

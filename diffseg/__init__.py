@@ -4,12 +4,24 @@ Public API: `DiffSeg` (the segmenter), `DiffSegConfig` (its settings), `segment_
 post-processing on captured attention), `load_model` and `ModelLoadError`.
 """
 
-from .config import DiffSegConfig
-from .model import DEFAULT_MODEL, ModelLoadError, load_model
-from .segment import segment_from_attention
-from .segmenter import DiffSeg
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["DEFAULT_MODEL", "DiffSeg", "DiffSegConfig", "ModelLoadError", "load_model",
-           "segment_from_attention", "__version__"]
+_PUBLIC = {"DEFAULT_MODEL": ".defaults", "DiffSeg": ".segmenter", "DiffSegConfig": ".config",
+           "ModelLoadError": ".model", "load_model": ".model", "segment_from_attention": ".segment"}
+"""Where each public name lives. They are imported on first use, so that light modules (`diffseg.arguments`,
+`diffseg.defaults`) and the command lines' `--help` do not pay for importing torch."""
+
+__all__ = [*_PUBLIC, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'diffseg' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
+    globals()[name] = value
+    return value

@@ -7,20 +7,21 @@ import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from .arguments import OneLineParser, add_algorithm_arguments, config_from_args
 from .batching import batches
-from .config import CROP_MODES, METHODS, DiffSegConfig
-from .model import DEFAULT_MODEL, DTYPES, ModelLoadError
-from .preprocess import MAX_PIXELS, PreparedImage
+from .defaults import DEFAULT_MODEL, IMAGE_SUFFIXES, MAX_PIXELS
+from .filenames import FileNames
+from .model import DTYPES, ModelLoadError
+from .preprocess import PreparedImage
 from .segmenter import DiffSeg
 from .visualize import label_image, overlay, to_image
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
-
+SUFFIXES = (".mask.png", ".overlay.png")
+"""The files of each image: NAME.mask.png (its label map) and NAME.overlay.png."""
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 all done, 1 some images skipped, 2 usage or model error)."""
@@ -42,19 +43,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _run(segmenter, jobs, Path(args.out), args.batch_size)
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """Bad flags are one line on stderr and exit status 2 (argparse would print the usage first)."""
-
-    def error(self, message: str) -> None:
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m diffseg", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     seg = commands.add_parser("segment", help="segment image files or folders (recursive)")
     seg.add_argument("inputs", nargs="+", help="image files or folders")
-    seg.add_argument("--out", required=True, help="folder for NAME.mask.png and NAME.overlay.png")
+    seg.add_argument("--out", required=True,
+                     help="folder for NAME.mask.png and NAME.overlay.png (NAME: the file's path under its input "
+                          "folder without suffix, characters other than letters, digits, ' ._-' escaped as %%XX)")
     seg.add_argument("--model", default=DEFAULT_MODEL,
                      help=f"Hub id, local diffusers folder, or 'tiny' (default {DEFAULT_MODEL})")
     add_algorithm_arguments(seg)
@@ -64,46 +60,6 @@ def _parser() -> argparse.ArgumentParser:
                      help="model precision (default: float16 on cuda, float32 on cpu)")
     seg.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse larger images")
     return parser
-
-
-def add_algorithm_arguments(parser: argparse.ArgumentParser, methods: Sequence[str] = METHODS,
-                            crop: str = DiffSegConfig.crop,
-                            kl_threshold: float | None = DiffSegConfig.kl_threshold) -> None:
-    """The `DiffSegConfig` flags shared by every command line (`config_from_args` reads them back).
-
-    `crop` and `kl_threshold` are the command's defaults; `kl_threshold=None` leaves the threshold to the
-    command (which must say how it chooses it)."""
-    parser.add_argument("--method", choices=methods, default=DiffSegConfig.method,
-                        help="diffseg (the paper's method, default) or a K-Means baseline on the same attention")
-    parser.add_argument("--kl-threshold", type=parse_thresholds, default=kl_threshold,
-                        help="merge threshold, or one per pass comma-separated (default "
-                             + (f"{kl_threshold:g})" if kl_threshold is not None else "set by the command, see above)"))
-    parser.add_argument("--num-points", type=int, default=DiffSegConfig.num_points,
-                        help="anchor grid side (default 16)")
-    parser.add_argument("--num-clusters", type=int, default=DiffSegConfig.num_clusters,
-                        help="K of --method kmeans-c (default 6)")
-    parser.add_argument("--timestep", type=int, default=DiffSegConfig.timestep, help="default 300")
-    parser.add_argument("--resolution", type=int, default=DiffSegConfig.resolution,
-                        help="processing size of the longer side, a multiple of 64 (default 512)")
-    parser.add_argument("--crop", choices=CROP_MODES, default=crop,
-                        help=f"none: whole image; center: the paper's square crop (default {crop})")
-    parser.add_argument("--refine", action="store_true", help="K-Means refinement of the merged segments")
-
-
-def config_from_args(args: argparse.Namespace, **overrides: Any) -> DiffSegConfig:
-    """The `DiffSegConfig` of flags added by `add_algorithm_arguments`; raises `ValueError` on a bad value."""
-    settings = dict(method=args.method, kl_threshold=args.kl_threshold, num_points=args.num_points,
-                    num_clusters=args.num_clusters, timestep=args.timestep, resolution=args.resolution,
-                    crop=args.crop, refine=args.refine)
-    return DiffSegConfig(**{**settings, **overrides})
-
-
-def parse_thresholds(text: str) -> float | tuple[float, ...]:
-    try:
-        values = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number or comma-separated numbers: {text!r}") from None
-    return values[0] if len(values) == 1 else values
 
 
 def _inputs(paths: Sequence[str]) -> Iterator[tuple[Path, str]]:
@@ -123,12 +79,14 @@ def _run(segmenter: DiffSeg, jobs: list[tuple[Path, str]], out: Path, batch_size
     """Segment and save every job; images wait for a full batch of their processing size, so only the last
     batch of each size is short."""
     skipped = 0
+    names = FileNames(out, SUFFIXES)
+    targets = [names.claim(name) for name in _unique_names(jobs)]
 
-    def prepared() -> Iterator[tuple[PreparedImage, str]]:
+    def prepared() -> Iterator[tuple[PreparedImage, Path]]:
         nonlocal skipped
-        for (file, _), name in zip(jobs, _unique_names(jobs)):
+        for (file, _), target in zip(jobs, targets):
             try:
-                yield segmenter.prepare(file), name
+                yield segmenter.prepare(file), target
             except ValueError as error:
                 skipped += 1
                 progress.write(f"skipped {error}", file=sys.stderr)
@@ -137,21 +95,24 @@ def _run(segmenter: DiffSeg, jobs: list[tuple[Path, str]], out: Path, batch_size
     with tqdm(total=len(jobs), unit="img", file=sys.stderr) as progress:
         for batch in batches(prepared(), lambda item: item[0].pixels.shape, batch_size):
             labels = segmenter.segment_prepared([image for image, _ in batch], batch_size)
-            for (image, name), mask in zip(batch, labels):
-                _save(out, name, image, mask)
+            for (image, target), mask in zip(batch, labels):
+                _save(target, image, mask)
             progress.update(len(batch))
-    print(f"segmented {len(jobs) - skipped} image(s), skipped {skipped}; masks in {out}", file=sys.stderr)
+    renamed = f"; {names.renamed} image(s) named NAME~N so as not to overwrite another's" if names.renamed else ""
+    print(f"segmented {len(jobs) - skipped} image(s), skipped {skipped}; masks in {out}{renamed}", file=sys.stderr)
     return 1 if skipped else 0
 
 
 def _unique_names(jobs: list[tuple[Path, str]]) -> list[str]:
-    """Output names; two inputs that share a name (a.jpg, a.png) keep their suffix in it."""
+    """Output names before `FileNames` makes them safe; two inputs that share a name (a.jpg, a.png) keep their
+    suffix in it."""
     counts = Counter(name for _, name in jobs)
     return [name if counts[name] == 1 else f"{name}{file.suffix}" for file, name in jobs]
 
 
-def _save(out: Path, name: str, image: PreparedImage, labels: torch.Tensor) -> None:
-    target = out / name
+def _save(target: Path, image: PreparedImage, labels: torch.Tensor) -> None:
+    """Write the image's files at `target` (a stem from `FileNames`)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    label_image(labels).save(target.with_name(target.name + ".mask.png"))
-    overlay(to_image(image.pixels), labels).save(target.with_name(target.name + ".overlay.png"))
+    mask, overlay_file = (target.with_name(target.name + suffix) for suffix in SUFFIXES)
+    label_image(labels).save(mask)
+    overlay(to_image(image.pixels), labels).save(overlay_file)

@@ -15,9 +15,9 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import builtin
+from .defaults import DEFAULT_MODEL, PRECISIONS
 
-DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {name: getattr(torch, name) for name in PRECISIONS}
 """Model precisions by name, as command lines accept them."""
 
 # What is fetched from the Hub for a model id: configs, the tokenizer and the fp32 safetensors weights

@@ -14,12 +14,10 @@ import torch
 from PIL import Image, ImageOps
 
 from .config import DiffSegConfig
+from .defaults import MAX_PIXELS
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image]
 
-# Default decompression-bomb guard: 8,192 x 8,192 = 67 megapixels. A bomb (a small file that decodes
-# to gigabytes) is refused from its header, before any pixel is decoded.
-MAX_PIXELS = 8192 * 8192
 MIN_SIDE = 8
 """Images whose shorter side is under this many pixels (less than one finest attention cell) are refused."""
 
@@ -62,18 +60,12 @@ def prepare(image: ImageInput, config: DiffSegConfig, name: str | None = None,
     """
     name = name or (str(image) if isinstance(image, (str, os.PathLike)) else "<image>")
     try:
-        rgb, (width, height), orientation = _decode(image, config.resolution, max_pixels)
+        rgb, (width, height), orientation = _decode(image, max_pixels, draft=config.resolution)
     except ValueError as error:
         raise ValueError(f"{name}: {error}") from None
-    except (OSError, SyntaxError, Image.DecompressionBombError, EOFError) as error:
-        raise ValueError(f"{name}: cannot decode image ({error})") from None
     if config.crop == "center":
-        # The square is placed on the full-size image; the decoder may have scaled the pixels down.
-        scale_x, scale_y = rgb.width / width, rgb.height / height
-        left, top, side = center_square(width, height)
-        box = (left * scale_x, top * scale_y, (left + side) * scale_x, (top + side) * scale_y)
         mask_size = (config.resolution, config.resolution)
-        rgb = rgb.crop(tuple(round(v) for v in box)).resize(mask_size, Image.Resampling.BILINEAR)
+        rgb = _central_square(rgb, width, height, config.resolution)
     else:
         mask_size = (height, width)
         rgb = rgb.resize(processing_size(width, height, config.resolution), Image.Resampling.BILINEAR)
@@ -83,6 +75,18 @@ def prepare(image: ImageInput, config: DiffSegConfig, name: str | None = None,
     pixels = torch.from_numpy(array).permute(2, 0, 1)
     return PreparedImage(name=name, pixels=pixels, mask_size=mask_size, original_size=(height, width),
                          orientation=orientation)
+
+
+def labeled_view(image: ImageInput, config: DiffSegConfig, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """The photo `prepare` gives the model for `image`, at full quality and at the mask's size, so that its
+    pixel (x, y) is the label map's pixel (x, y): 8-bit RGB with EXIF orientation applied; `crop="center"`:
+    the central square resized (bilinear) to resolution x resolution, else the whole image at its size.
+
+    Raises:
+        ValueError: as `prepare`, without naming the image.
+    """
+    rgb, (width, height), _ = _decode(image, max_pixels, draft=None)
+    return _central_square(rgb, width, height, config.resolution) if config.crop == "center" else rgb
 
 
 def prepare_label(label: np.ndarray, image: PreparedImage) -> np.ndarray:
@@ -114,29 +118,45 @@ def center_square(width: int, height: int) -> tuple[int, int, int]:
     return (width - side) // 2, (height - side) // 2, side
 
 
+def _central_square(rgb: Image.Image, width: int, height: int, resolution: int) -> Image.Image:
+    """The central square of an image of oriented full size `width x height` whose pixels `rgb` the decoder
+    may have scaled down, resized (bilinear) to `resolution x resolution`."""
+    scale_x, scale_y = rgb.width / width, rgb.height / height
+    left, top, side = center_square(width, height)
+    box = (left * scale_x, top * scale_y, (left + side) * scale_x, (top + side) * scale_y)
+    return rgb.crop(tuple(round(v) for v in box)).resize((resolution, resolution), Image.Resampling.BILINEAR)
+
+
 def processing_size(width: int, height: int, resolution: int) -> tuple[int, int]:
     """`(width, height)` the UNet sees in whole-image mode: longer side `resolution`, sides multiples of 64."""
     scale = resolution / max(width, height)
     return (max(64, round(width * scale / 64) * 64), max(64, round(height * scale / 64) * 64))
 
 
-def _decode(image: ImageInput, resolution: int, max_pixels: int) -> tuple[Image.Image, tuple[int, int], int]:
-    """The image as 8-bit RGB (possibly already reduced by the JPEG decoder), its oriented full size, and the
-    EXIF orientation that was applied."""
-    if isinstance(image, Image.Image):
-        return _read(image, resolution, max_pixels)
-    source = io.BytesIO(image) if isinstance(image, bytes) else Path(image)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            opened = Image.open(source)
-        except Image.DecompressionBombWarning as error:
-            raise Image.DecompressionBombError(str(error)) from None
-    with opened:
-        return _read(opened, resolution, max_pixels)
+def _decode(image: ImageInput, max_pixels: int, draft: int | None) -> tuple[Image.Image, tuple[int, int], int]:
+    """The image as 8-bit RGB, its oriented full size, and the EXIF orientation that was applied. With
+    `draft`, a JPEG decoder may scale the pixels down while keeping both sides at least `draft`.
+
+    Raises:
+        ValueError: why the image cannot be used (without naming it).
+    """
+    try:
+        if isinstance(image, Image.Image):
+            return _read(image, max_pixels, draft)
+        source = io.BytesIO(image) if isinstance(image, bytes) else Path(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                opened = Image.open(source)
+            except Image.DecompressionBombWarning as error:
+                raise Image.DecompressionBombError(str(error)) from None
+        with opened:
+            return _read(opened, max_pixels, draft)
+    except (OSError, SyntaxError, Image.DecompressionBombError, EOFError) as error:
+        raise ValueError(f"cannot decode image ({error})") from None
 
 
-def _read(opened: Image.Image, resolution: int, max_pixels: int) -> tuple[Image.Image, tuple[int, int], int]:
+def _read(opened: Image.Image, max_pixels: int, draft: int | None) -> tuple[Image.Image, tuple[int, int], int]:
     width, height = opened.size
     if width * height > max_pixels:
         raise ValueError(f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
@@ -149,9 +169,9 @@ def _read(opened: Image.Image, resolution: int, max_pixels: int) -> tuple[Image.
     orientation = opened.getexif().get(_EXIF_ORIENTATION, 1)
     if orientation in (5, 6, 7, 8):
         width, height = height, width
-    if opened.format == "JPEG":
-        # Let the decoder scale down by up to 8x while keeping both sides at least `resolution`.
-        opened.draft(opened.mode, (resolution, resolution))
+    if draft and opened.format == "JPEG":
+        # Let the decoder scale down by up to 8x while keeping both sides at least `draft`.
+        opened.draft(opened.mode, (draft, draft))
     opened.load()
     return _to_rgb(ImageOps.exif_transpose(opened)), (width, height), orientation
 

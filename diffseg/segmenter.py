@@ -10,8 +10,9 @@ import torch
 from .attention import SelfAttentionCapture
 from .batching import batches
 from .config import DiffSegConfig
-from .model import DEFAULT_MODEL, LoadedModel, load_model
-from .preprocess import MAX_PIXELS, ImageInput, PreparedImage, prepare
+from .defaults import DEFAULT_MODEL, MAX_PIXELS
+from .model import LoadedModel, load_model
+from .preprocess import ImageInput, PreparedImage, prepare
 from .segment import segment_from_attention
 
 
@@ -92,8 +93,8 @@ class DiffSeg:
         Images are batched only with images of the same processing size, and a short batch is padded with
         copies of its last image: every forward then has the same shape, so the vendor kernels chosen (and
         their rounding) are the same, and an image's attention does not depend on the other images in its
-        batch or on its position. (Kernels differ between batch sizes: changing `batch_size` itself may move
-        attention values by float rounding, which can flip a label only where two choices tie.)
+        batch. At another row of the batch, or with another `batch_size`, some BLAS kernels round differently
+        (a few ulps), which can flip a label only where two choices nearly tie.
         """
         for indices in batches(range(len(images)), lambda i: images[i].pixels.shape, batch_size):
             padded = indices + [indices[-1]] * (batch_size - len(indices))

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from diffseg import DEFAULT_MODEL, DiffSeg, ModelLoadError  # noqa: E402
-from diffseg.cli import OneLineParser, add_algorithm_arguments, config_from_args, parse_thresholds  # noqa: E402
+from diffseg.arguments import OneLineParser, add_algorithm_arguments, config_from_args, parse_thresholds  # noqa: E402
 from diffseg.metrics import PROTOCOLS  # noqa: E402
 from diffseg.model import DTYPES  # noqa: E402
 from pipeline.datasets import DATASETS, SPLITS, open_dataset  # noqa: E402

@@ -17,12 +17,11 @@ from collections.abc import Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from diffseg import DEFAULT_MODEL, ModelLoadError  # noqa: E402
-from diffseg.cli import OneLineParser, add_algorithm_arguments, config_from_args  # noqa: E402
-from diffseg.model import DTYPES  # noqa: E402
-from diffseg.preprocess import MAX_PIXELS  # noqa: E402
-from pipeline.driver import JobError, LabelJob, connect, execute, prepare  # noqa: E402
-from pipeline.output import OutputConflict  # noqa: E402
+# Only light modules before the arguments are checked: --help and flag errors answer at once, without torch.
+from diffseg.arguments import OneLineParser, add_algorithm_arguments, config_from_args  # noqa: E402
+from diffseg.defaults import DEFAULT_MODEL, MAX_PIXELS, PRECISIONS  # noqa: E402
+from pipeline.capacity import GIB  # noqa: E402
+from pipeline.job import LabelJob  # noqa: E402
 from pipeline.sources import FORMATS, ParquetColumns  # noqa: E402
 from pipeline.storage import StorageError, parse_storage_options  # noqa: E402
 
@@ -45,17 +44,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--id-column", default=None,
                    help="Parquet inputs: column of image ids (default: key, else FILE#ROW)")
     p.add_argument("--num-actors", type=int, default=None,
-                   help="model replicas (default: one per GPU, or one per node without GPUs)")
+                   help="model replicas (default: as many as the cluster can host now)")
     p.add_argument("--gpus-per-actor", type=float, default=None,
                    help="default: 1 when the cluster has GPUs, else 0; fractions share a GPU")
     p.add_argument("--cpus-per-actor", type=float, default=None,
                    help="default: 2 with GPUs, else the CPUs of the smallest node")
+    p.add_argument("--memory-per-actor", type=float, default=None, metavar="GIB",
+                   help="host memory each actor reserves, in GiB (default: 6 for CPU actors, 4 with GPUs, 1 for "
+                        "the tiny model; 0 reserves none)")
     p.add_argument("--batch-size", type=int, default=1, help="images per UNet forward (default 1)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+    p.add_argument("--dtype", choices=PRECISIONS, default=None,
                    help="model precision (default: float16 on GPU, float32 on CPU)")
     add_algorithm_arguments(p)
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="larger images become error rows")
-    p.add_argument("--max-retries", type=int, default=3, help="further attempts per failed shard (default 3)")
+    p.add_argument("--max-retries", type=int, default=5, help="further attempts per failed shard (default 5)")
+    p.add_argument("--retry-delay", type=float, default=5.0,
+                   help="seconds before a failed shard's first retry, doubling for each further one up to 60 "
+                        "(default 5)")
     p.add_argument("--startup-timeout", type=float, default=0,
                    help="seconds to wait for an autoscaling cluster to add the nodes the actors need (default 0: "
                         "the resources must be there now)")
@@ -73,7 +78,8 @@ def job_from_args(args: argparse.Namespace) -> LabelJob:
                                ("--num-actors", args.num_actors, 1), ("--max-retries", args.max_retries, 0),
                                ("--gpus-per-actor", args.gpus_per_actor, 0), ("--max-pixels", args.max_pixels, 1),
                                ("--cpus-per-actor", args.cpus_per_actor, 0.001),
-                               ("--startup-timeout", args.startup_timeout, 0)):
+                               ("--memory-per-actor", args.memory_per_actor, 0),
+                               ("--retry-delay", args.retry_delay, 0), ("--startup-timeout", args.startup_timeout, 0)):
         if value is not None and value < least:
             raise ValueError(f"{flag} must be at least {least:g}, got {value:g}")
     config = config_from_args(args)
@@ -81,15 +87,25 @@ def job_from_args(args: argparse.Namespace) -> LabelJob:
                     input_format=args.input_format, shard_size=args.shard_size,
                     columns=ParquetColumns(image=args.image_column, id=args.id_column),
                     num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
+                    memory_per_actor=None if args.memory_per_actor is None else args.memory_per_actor * GIB,
                     batch_size=args.batch_size, dtype=args.dtype, max_pixels=args.max_pixels,
-                    max_retries=args.max_retries, startup_timeout=args.startup_timeout,
+                    max_retries=args.max_retries, retry_delay=args.retry_delay, startup_timeout=args.startup_timeout,
                     storage_options=parse_storage_options(args.storage_options))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        plan = prepare(job_from_args(args))
+        job = job_from_args(args)
+    except (ValueError, StorageError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from diffseg import ModelLoadError
+    from pipeline.driver import JobError, connect, execute, prepare
+    from pipeline.output import OutputConflict
+
+    try:
+        plan = prepare(job)
         if plan.todo:
             connect(args.address)
         summary = execute(plan, progress=not args.no_progress)
@@ -98,7 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"{summary.images_ok} image(s) labeled, {summary.images_failed} failed, "
           f"{summary.shards_written} shard(s) written, {summary.shards_skipped} already done, "
-          f"{summary.shards_failed} failed; masks in {summary.output}", file=sys.stderr)
+          f"{summary.shards_failed} failed; masks in {summary.output}"
+          + (f"; {summary.files_ignored} file(s) under the input are not of its kind and were ignored"
+             if summary.files_ignored else ""), file=sys.stderr)
     print(json.dumps(summary.to_dict()), flush=True)
     return 1 if summary.shards_failed else 0
 

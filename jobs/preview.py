@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from diffseg.cli import OneLineParser  # noqa: E402
+from diffseg.arguments import OneLineParser  # noqa: E402
 from pipeline.preview import overview, write_preview  # noqa: E402
 from pipeline.storage import Location, StorageError, parse_storage_options  # noqa: E402
 

@@ -6,6 +6,7 @@ under the same name, so re-running after any failure finishes the remaining shar
 
 from __future__ import annotations
 
+import heapq
 import os
 import sys
 import time
@@ -17,54 +18,32 @@ from typing import Any
 import ray
 from tqdm import tqdm
 
-from diffseg import DEFAULT_MODEL, DiffSegConfig, ModelLoadError
-from diffseg.preprocess import MAX_PIXELS
+from diffseg import ModelLoadError
 
+from .capacity import Actors, ActorShape, JobError, Node, actor_shape, cluster_summary, fit
+from .job import LabelJob
 from .output import OutputDataset
-from .sources import ParquetColumns, Shard, plan
+from .sources import Shard, plan
 from .storage import Location
 from .worker import LabelWorker, Placement, WorkerSettings
 
 LOST_ACTORS_TIMEOUT = 600.0
 """Seconds the job waits when every actor has been lost (their nodes gone) before it gives up the remaining
 shards; a re-run finishes them."""
+PLACEMENT_TIMEOUT = 60.0
+"""Seconds actors may take to be placed when the cluster had room for them as the job started (no
+`--startup-timeout`): if other work took the room meanwhile, the job says so instead of waiting forever."""
+REPORT_EVERY = 30.0
+"""Seconds between the driver's lines while it waits without news (actors, model replicas, shards)."""
+LOADING_REPORT_AFTER = 60.0
+"""Seconds a replica may load its model before the driver reports it as still loading."""
+MAX_LOAD_DEATHS = 2
+"""Restarts of an actor that dies while loading the model (out of memory, say) before the job gives up."""
+MAX_RETRY_DELAY = 60.0
+"""Longest wait, in seconds, before retrying a failed shard."""
 IN_FLIGHT_PER_ACTOR = 2
 """Shards handed to an actor at once: one being segmented, one being read or written. More would let a
 slow actor hoard work; fewer would leave the model idle while a shard is uploaded."""
-
-
-@dataclass(frozen=True)
-class LabelJob:
-    """Everything that defines a labeling run."""
-
-    input: str
-    """fsspec URL of the input: a folder of images, of WebDataset `.tar` shards, or of Parquet files."""
-    output: str
-    """fsspec URL of the output folder (see `pipeline.output`)."""
-    model: str = DEFAULT_MODEL
-    revision: str | None = None
-    config: DiffSegConfig = field(default_factory=DiffSegConfig)
-    input_format: str = "auto"
-    """"auto", "images", "tar" or "parquet"."""
-    shard_size: int = 1000
-    """Images per shard for image-folder inputs."""
-    columns: ParquetColumns = field(default_factory=ParquetColumns)
-    num_actors: int | None = None
-    """Model replicas; None: one per GPU (per `gpus_per_actor`), or one per node without GPUs."""
-    gpus_per_actor: float | None = None
-    """None: 1 when the cluster has GPUs, else 0 (CPU)."""
-    cpus_per_actor: float | None = None
-    """None: 2 for GPU actors; the CPUs of the smallest node for CPU actors."""
-    batch_size: int = 1
-    dtype: str | None = None
-    max_pixels: int = MAX_PIXELS
-    max_retries: int = 3
-    """Further attempts for a shard whose attempt failed (actor died, storage error) before giving up."""
-    startup_timeout: float = 0.0
-    """Seconds to wait for the cluster to host the actors. 0: the cluster must have the resources now (the job
-    is refused otherwise); more: an autoscaling cluster may add the nodes first (actor requests are what make
-    it scale up), and the job is refused if they are not there in time."""
-    storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -77,6 +56,8 @@ class Summary:
     shards_skipped: int = 0
     shards_failed: int = 0
     retries: int = 0
+    files_ignored: int = 0
+    """Files under the input that were not read: other extensions than the input's kind, hidden files."""
     seconds: float = 0.0
     """Wall time of the whole run."""
     startup_seconds: float = 0.0
@@ -94,10 +75,6 @@ class Summary:
         images = self.images_ok + self.images_failed
         return {**asdict(self), "seconds": round(self.seconds, 3), "startup_seconds": round(self.startup_seconds, 3),
                 "images_per_second": round(images / self.seconds, 3) if self.seconds else 0.0}
-
-
-class JobError(RuntimeError):
-    """The job cannot start; the message says why in one line."""
 
 
 def connect(address: str | None = None) -> None:
@@ -123,6 +100,8 @@ class Plan:
     output: OutputDataset
     shards: list[Shard]
     todo: list[Shard]
+    ignored: int
+    """Files under the input left out (see `Inventory.ignored`)."""
     identity: dict[str, Any]
     """What the output's manifest must match (the model's identity is added when a replica reports it)."""
     started: float = field(default_factory=time.perf_counter)
@@ -139,12 +118,13 @@ def prepare(job: LabelJob) -> Plan:
     started = time.perf_counter()
     source = Location(job.input, job.storage_options)
     dataset = OutputDataset(Location(job.output, job.storage_options))
-    shards = plan(source, job.input_format, job.shard_size, job.columns)
+    inventory = plan(source, job.input_format, job.shard_size, job.columns)
+    shards = inventory.shards
     identity = _identity(job, source, shards)
     dataset.check(identity)
     done = dataset.done()
-    return Plan(job, source, dataset, shards, [shard for shard in shards if shard.name not in done], identity,
-                started)
+    return Plan(job, source, dataset, shards, [shard for shard in shards if shard.name not in done],
+                inventory.ignored, identity, started)
 
 
 def execute(plan: Plan, progress: bool = True, worker: type[LabelWorker] = LabelWorker) -> Summary:
@@ -160,15 +140,15 @@ def execute(plan: Plan, progress: bool = True, worker: type[LabelWorker] = Label
     """
     started = plan.started
     output = plan.output.location
-    summary = Summary(shards_skipped=len(plan.shards) - len(plan.todo), output=output.uri(""),
-                      run_id=uuid.uuid4().hex)
+    summary = Summary(shards_skipped=len(plan.shards) - len(plan.todo), files_ignored=plan.ignored,
+                      output=output.uri(""), run_id=uuid.uuid4().hex)
     if plan.todo:
         starting = time.perf_counter()
         actors, model = _start_actors(plan.job, plan.source, output, len(plan.todo), worker)
         summary.startup_seconds = time.perf_counter() - starting
         try:
             plan.output.claim({**plan.identity, "model": model})
-            _schedule(actors, plan.todo, plan.job.max_retries, summary, progress)
+            _schedule(actors, plan.todo, plan.job, summary, progress)
         finally:
             for actor in actors:
                 ray.kill(actor)
@@ -188,69 +168,138 @@ def _identity(job: LabelJob, source: Location, shards: list[Shard]) -> dict[str,
             "shard_size": job.shard_size if shards[0].format == "images" else None}
 
 
-def _resources(job: LabelJob, shards: int) -> tuple[int, float, float]:
-    """(actors, gpus per actor, cpus per actor) from the job and the cluster."""
-    total = ray.cluster_resources()
-    node_cpus = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]]
-    gpus = job.gpus_per_actor if job.gpus_per_actor is not None else (1.0 if total.get("GPU", 0) else 0.0)
-    if gpus:
-        cpus = job.cpus_per_actor if job.cpus_per_actor is not None else 2.0
-        actors = job.num_actors or max(1, int(total.get("GPU", 0) // gpus))
-    else:
-        cpus = job.cpus_per_actor if job.cpus_per_actor is not None else max(1.0, min(node_cpus, default=1.0))
-        actors = job.num_actors or max(1, sum(1 for c in node_cpus if c >= cpus))
-    if not job.startup_timeout:
-        if gpus > total.get("GPU", 0):
-            raise JobError(f"--gpus-per-actor {gpus:g}: the cluster has {total.get('GPU', 0):g} GPU(s) "
-                           "(an autoscaling cluster needs --startup-timeout)")
-        if cpus > max(node_cpus, default=0):
-            raise JobError(f"--cpus-per-actor {cpus:g}: no node has that many CPUs (largest: {max(node_cpus):g})")
-    return min(actors, shards), gpus, cpus
+def actors_for(job: LabelJob, shards: int) -> Actors:
+    """The actor pool for `shards` shards of `job` on the connected cluster (see `capacity.fit`)."""
+    nodes = _nodes()
+    shape = actor_shape(nodes, job.model, job.gpus_per_actor, job.cpus_per_actor, job.memory_per_actor)
+    return fit(shape, nodes, ray.available_resources(), job.num_actors, shards, autoscaling=job.startup_timeout > 0)
+
+
+def _nodes() -> list[Node]:
+    return [Node.from_ray(node) for node in ray.nodes() if node["Alive"]]
 
 
 def _start_actors(job: LabelJob, source: Location, output: Location, shards: int,
                   worker: type[LabelWorker]) -> tuple[list, dict]:
     """Start the actor pool and load a model replica in each; returns the actors and the model's identity."""
-    count, gpus, cpus = _resources(job, shards)
+    pool = actors_for(job, shards)
+    shape = pool.shape
     settings = WorkerSettings(model=job.model, config=job.config, revision=job.revision,
-                              device="cuda" if gpus else "cpu", dtype=job.dtype, batch_size=job.batch_size,
-                              max_pixels=job.max_pixels, threads=max(1, min(int(cpus), os.cpu_count() or 1)))
-    remote = ray.remote(worker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=0,
-                                        max_concurrency=IN_FLIGHT_PER_ACTOR)
-    actors = [remote.remote(settings, Placement(source, output, job.columns)) for _ in range(count)]
+                              device="cuda" if shape.gpus else "cpu", dtype=job.dtype, batch_size=job.batch_size,
+                              max_pixels=job.max_pixels, threads=max(1, min(int(shape.cpus), os.cpu_count() or 1)))
+    remote = ray.remote(worker).options(num_cpus=shape.cpus, num_gpus=shape.gpus, memory=shape.memory or None,
+                                        max_restarts=-1, max_task_retries=0, max_concurrency=IN_FLIGHT_PER_ACTOR)
+    actors = [remote.remote(settings, Placement(source, output, job.columns)) for _ in range(pool.count)]
     try:
-        loaded = ray.get([actor.load.remote() for actor in actors], timeout=job.startup_timeout or None)
-    except ray.exceptions.GetTimeoutError:
+        loaded = _await_replicas(actors, shape, job.startup_timeout)
+    except BaseException:
         for actor in actors:
             ray.kill(actor)
-        raise JobError(f"the cluster did not start {count} actor(s) with {gpus:g} GPU(s) and {cpus:g} CPU(s) each "
-                       f"within --startup-timeout {job.startup_timeout:g} s") from None
-    errors = [result["error"] for result in loaded if "error" in result]
-    if errors:
-        for actor in actors:
-            ray.kill(actor)
-        raise ModelLoadError(errors[0])
-    info = loaded[0]["info"]
+        raise
+    info = loaded["info"]
     model = {key: info.get(key) for key in ("model", "source", "revision", "weights", "random_weights")}
     return actors, model
 
 
-def _schedule(actors: list, shards: list[Shard], max_retries: int, summary: Summary, progress: bool) -> None:
+def _await_replicas(actors: list, shape: ActorShape, startup_timeout: float) -> dict[str, Any]:
+    """Wait until every actor is placed and has loaded its model replica; returns the first `load` answer.
+
+    Placement is bounded (`startup_timeout`, or `PLACEMENT_TIMEOUT` when the cluster had room at the start);
+    loading is not (a first download of the weights can take long), but a replica still loading after
+    `LOADING_REPORT_AFTER` seconds is reported every `REPORT_EVERY` seconds, as are actors still unplaced.
+
+    Raises:
+        JobError: actors not placed in time, or an actor that keeps dying while it loads the model.
+        ModelLoadError: a replica could not load the model.
+    """
+    placing = {actor.__ray_ready__.remote(): index for index, actor in enumerate(actors)}
+    loading = {actor.load.remote(): index for index, actor in enumerate(actors)}
+    placed: dict[int, float] = {}
+    deaths: Counter[int] = Counter()
+    first: dict[str, Any] = {}
+    started = reported = time.monotonic()
+    limit = startup_timeout or PLACEMENT_TIMEOUT
+    while loading:
+        ready, _ = ray.wait([*placing, *loading], num_returns=1, timeout=1.0)
+        now = time.monotonic()
+        for ref in ready:
+            if ref in placing:
+                placed.setdefault(placing.pop(ref), now)
+                continue
+            index = loading.pop(ref)
+            placed.setdefault(index, now)
+            try:
+                answer = ray.get(ref)
+            except ray.exceptions.RayActorError as error:
+                deaths[index] += 1
+                if deaths[index] > MAX_LOAD_DEATHS:
+                    raise JobError(f"actor {index + 1} died {deaths[index]} times while loading the model "
+                                   f"({_reason(error)}); is {shape.describe()} enough for it?") from None
+                loading[actors[index].load.remote()] = index
+                continue
+            if "error" in answer:
+                raise ModelLoadError(answer["error"])
+            first = first or answer
+        unplaced = [index for index in range(len(actors)) if index not in placed]
+        if unplaced and now - started > limit:
+            raise JobError(_not_placed(len(actors), len(unplaced), shape, startup_timeout))
+        if now - reported >= REPORT_EVERY:
+            reported = now
+            _report_startup(unplaced, placed, loading.values(), shape, now)
+    return first
+
+
+def _not_placed(count: int, unplaced: int, shape: ActorShape, startup_timeout: float) -> str:
+    where = cluster_summary(_nodes(), ray.available_resources())
+    if startup_timeout:
+        return (f"the cluster did not start {count} actor(s) of {shape.describe()} within --startup-timeout "
+                f"{startup_timeout:g} s ({unplaced} not placed; {where})")
+    return (f"{unplaced} of {count} actor(s) of {shape.describe()} were not placed within {PLACEMENT_TIMEOUT:g} s "
+            f"although the cluster had room when the job started ({where}); other work may have taken it: run "
+            "again, or give --startup-timeout to wait for it")
+
+
+def _report_startup(unplaced: list[int], placed: dict[int, float], loading: Any, shape: ActorShape,
+                    now: float) -> None:
+    """One line each for actors waiting for a node and replicas slow to load their model."""
+    if unplaced:
+        print(f"waiting for the cluster: {len(unplaced)} actor(s) not placed yet ({_numbers(unplaced)}), each needs "
+              f"{shape.describe()}; {cluster_summary(_nodes(), ray.available_resources())}", file=sys.stderr,
+              flush=True)
+    slow = sorted(index for index in set(loading) if index in placed and now - placed[index] >= LOADING_REPORT_AFTER)
+    if slow:
+        print(f"actor(s) {_numbers(slow)} still loading the model after "
+              f"{now - min(placed[index] for index in slow):.0f} s", file=sys.stderr, flush=True)
+
+
+def _numbers(indices: list[int]) -> str:
+    """Actor numbers as people count them (1-based), at most 10 listed."""
+    listed = ", ".join(str(index + 1) for index in indices[:10])
+    return listed + (f" and {len(indices) - 10} more" if len(indices) > 10 else "")
+
+
+def _schedule(actors: list, shards: list[Shard], job: LabelJob, summary: Summary, progress: bool) -> None:
     """Keep every usable actor busy with up to `IN_FLIGHT_PER_ACTOR` shards from one queue until all are done.
 
-    An actor whose task failed because the actor died is set aside until a probe (`load`, which also reloads
-    the model after a restart) answers: Ray restarts it, on another node if its own is gone, and one that
-    cannot be placed again must not be handed shards that would wait for it forever.
+    A failed attempt is retried after `job.retry_delay` seconds, doubling for each further attempt (at most
+    `MAX_RETRY_DELAY`), up to `job.max_retries` times. An actor whose task failed because the actor died is set
+    aside until a probe (`load`, which also reloads the model after a restart) answers: Ray restarts it, on
+    another node if its own is gone, and one that cannot be placed again must not be handed shards that would
+    wait for it forever. When no shard has finished for `REPORT_EVERY` seconds, a line says what is running.
     """
     pending = deque(shards)
+    delayed: list[tuple[float, int, Shard]] = []
     attempts: Counter[str] = Counter()
     in_flight: dict[ray.ObjectRef, tuple[int, Shard]] = {}
     probes: dict[ray.ObjectRef, int] = {}
     usable = set(range(len(actors)))
-    begun = lost_since = time.perf_counter()
+    begun = lost_since = last_news = time.perf_counter()
     with tqdm(total=len(shards), unit="shard", file=sys.stderr, disable=not progress, mininterval=1.0,
               dynamic_ncols=True) as bar:
-        while pending or in_flight:
+        while pending or in_flight or delayed:
+            now = time.perf_counter()
+            while delayed and delayed[0][0] <= now:
+                pending.append(heapq.heappop(delayed)[2])
             busy = Counter(index for index, _ in in_flight.values())
             for index in sorted(usable, key=busy.__getitem__):
                 for _ in range(min(IN_FLIGHT_PER_ACTOR - busy[index], len(pending))):
@@ -258,16 +307,27 @@ def _schedule(actors: list, shards: list[Shard], max_retries: int, summary: Summ
                     in_flight[actors[index].process.remote(shard, summary.run_id)] = (index, shard)
             summary.in_flight_peak = max(summary.in_flight_peak, len(in_flight))
             if in_flight or usable:
-                lost_since = time.perf_counter()
-            elif time.perf_counter() - lost_since > LOST_ACTORS_TIMEOUT:
+                lost_since = now
+            elif now - lost_since > LOST_ACTORS_TIMEOUT:
                 _give_up(summary, bar, pending, f"no actor left for {LOST_ACTORS_TIMEOUT:g} s (their nodes are gone)")
+                _give_up(summary, bar, deque(shard for _, _, shard in delayed), "no actor left")
                 return
+            if now - last_news >= REPORT_EVERY:
+                last_news = now
+                done = summary.shards_written + summary.shards_failed
+                bar.write(f"{len(in_flight)} shard(s) in progress on {len(usable)} actor(s), {done} of {len(shards)} "
+                          f"done, {len(delayed)} waiting to be retried; no shard finished in the last "
+                          f"{REPORT_EVERY:g} s", file=sys.stderr)
+            if not in_flight and not probes:
+                time.sleep(min(1.0, max(0.0, delayed[0][0] - now) if delayed else 1.0))
+                continue
             ready, _ = ray.wait(list(in_flight) + list(probes), num_returns=1, timeout=1.0)
             for ref in ready:
                 if ref in probes:
                     _probed(ref, probes, actors, usable)
                     continue
                 index, shard = in_flight.pop(ref)
+                last_news = time.perf_counter()
                 try:
                     marker = ray.get(ref)
                 except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as error:
@@ -275,9 +335,12 @@ def _schedule(actors: list, shards: list[Shard], max_retries: int, summary: Summ
                         usable.discard(index)
                         probes[actors[index].load.remote()] = index
                     attempts[shard.name] += 1
-                    if attempts[shard.name] <= max_retries:
-                        pending.append(shard)
-                    _note_failure(summary, bar, shard.name, _reason(error), final=attempts[shard.name] > max_retries)
+                    delay = min(MAX_RETRY_DELAY, job.retry_delay * 2 ** (attempts[shard.name] - 1))
+                    if attempts[shard.name] <= job.max_retries:
+                        heapq.heappush(delayed, (time.perf_counter() + delay, id(shard), shard))
+                        _note_retry(summary, bar, shard.name, _reason(error), delay)
+                    else:
+                        _give_up(summary, bar, deque([shard]), _reason(error))
                     continue
                 summary.shards_written += 1
                 summary.images_ok += marker["images_ok"]
@@ -300,22 +363,19 @@ def _probed(ref: ray.ObjectRef, probes: dict[ray.ObjectRef, int], actors: list, 
         usable.add(index)
 
 
-def _give_up(summary: Summary, bar: tqdm, pending: deque, reason: str) -> None:
-    """Count every shard still waiting as failed for good."""
-    while pending:
-        _note_failure(summary, bar, pending.popleft().name, reason, final=True)
-
-
-def _note_failure(summary: Summary, bar: tqdm, shard: str, reason: str, final: bool) -> None:
-    """Count and log a failed attempt: a retry, or (`final`) a shard given up."""
-    if final:
+def _give_up(summary: Summary, bar: tqdm, shards: deque, reason: str) -> None:
+    """Count every shard of `shards` as failed for good."""
+    while shards:
+        shard = shards.popleft().name
         summary.shards_failed += 1
         summary.failed.append({"shard": shard, "error": reason})
         bar.write(f"shard {shard} failed for good: {reason}", file=sys.stderr)
         bar.update()
-    else:
-        summary.retries += 1
-        bar.write(f"shard {shard} will be retried: {reason}", file=sys.stderr)
+
+
+def _note_retry(summary: Summary, bar: tqdm, shard: str, reason: str, delay: float) -> None:
+    summary.retries += 1
+    bar.write(f"shard {shard} will be retried in {delay:g} s: {reason}", file=sys.stderr)
 
 
 def _reason(error: Exception) -> str:

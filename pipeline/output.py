@@ -34,7 +34,7 @@ SCHEMA = pa.schema([
     ("status", pa.string()),
     ("error", pa.string()),
 ])
-"""Columns of every mask file (DESIGN.md section 5). `width`/`height` are the mask's size: the image's
+"""Columns of every mask file (the README's "Outputs" table). `width`/`height` are the mask's size: the image's
 original size, or the crop's size in center-crop mode. `bbox` is `[x, y, w, h]` in pixels."""
 
 METADATA_KEY = "diffseg"

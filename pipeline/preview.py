@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +18,10 @@ import numpy as np
 import pyarrow.dataset as ds
 from PIL import Image
 
-from diffseg.preprocess import prepare
-from diffseg.visualize import to_image
-
 from .output import manifest_config, read_manifest, read_provenance
-from .pages import (display_size, failure_list, figure, overlay, resize_nearest, segment_colors, spread, text,
-                    write_page)
-from .sources import ParquetColumns, read_source
+from .pages import display_size, failure_list, figure, overlay, resize_nearest, segment_colors, spread, text, write_page
+from .photos import labeled_photo
+from .sources import ParquetColumns
 from .storage import Location, StorageError
 
 FAILED_LISTED = 200
@@ -123,8 +119,8 @@ def _picture(source_uri: str, labels: np.ndarray, config: Any, storage_options: 
     colors = segment_colors(labels)
     shown = resize_nearest(labels, size)
     try:
-        photo = to_image(prepare(read_source(source_uri, storage_options, columns), config).pixels)
-    except (OSError, ValueError, KeyError, tarfile.TarError) as error:
+        photo = labeled_photo(source_uri, labels.shape, config, storage_options, columns)
+    except ValueError as error:
         return overlay(Image.new("RGB", size), shown, colors), f"photo not readable ({error})"
     return overlay(photo.resize(size, Image.Resampling.BILINEAR), shown, colors), ""
 

@@ -16,9 +16,10 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from diffseg.defaults import IMAGE_SUFFIXES
+
 from .storage import Location
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 FORMATS = ("auto", "images", "tar", "parquet")
 IMAGE_COLUMNS = ("image", "jpg", "jpeg", "png", "webp", "img")
 """Columns tried, in order, for the image bytes of Parquet inputs when no column is named."""
@@ -60,6 +61,15 @@ class Shard:
 
 
 @dataclass(frozen=True)
+class Inventory:
+    """What planning found under an input."""
+
+    shards: list[Shard]
+    ignored: int = 0
+    """Files under the input that are not of its kind (other extensions, hidden files): counted, never read."""
+
+
+@dataclass(frozen=True)
 class Record:
     """One input image as read from storage: its bytes, or why they could not be read."""
 
@@ -80,22 +90,26 @@ class ParquetColumns:
 
 
 def plan(source: Location, input_format: str = "auto", shard_size: int = 1000,
-         columns: ParquetColumns = ParquetColumns()) -> list[Shard]:
-    """The shards of the dataset at `source`, in a stable order.
+         columns: ParquetColumns = ParquetColumns()) -> Inventory:
+    """The shards of the dataset at `source`, in a stable order, and how many files were left out.
 
     Image folders are searched recursively and split into shards of `shard_size` images by sorted key;
-    every `.tar` or `.parquet` file is a shard of its own. Hidden files and folders are ignored.
+    every `.tar` or `.parquet` file is a shard of its own. Hidden files and folders, and files of other kinds,
+    are left out and counted.
 
     Raises:
-        InputError: nothing usable under `source`, several kinds of input mixed with `input_format="auto"`,
-            or Parquet files without the image column.
+        InputError: `source` does not exist or holds nothing usable, several kinds of input are mixed with
+            `input_format="auto"`, or Parquet files lack the image column.
     """
     if input_format not in FORMATS:
         raise InputError(f"--input-format must be one of {', '.join(FORMATS)}, got {input_format!r}")
     if shard_size < 1:
         raise InputError(f"--shard-size must be at least 1, got {shard_size}")
+    found = source.files()
+    if not found and not source.exists(""):
+        raise InputError(f"{source.url} does not exist")
     by_format: dict[str, list[SourceFile]] = {}
-    for key, info in sorted(source.files().items()):
+    for key, info in sorted(found.items()):
         kind = _SUFFIX_FORMATS.get(posixpath.splitext(key)[1].lower())
         if kind and not any(part.startswith(".") for part in key.split("/")):
             by_format.setdefault(kind, []).append(SourceFile(key, info.get("size"), _etag(info)))
@@ -109,19 +123,25 @@ def plan(source: Location, input_format: str = "auto", shard_size: int = 1000,
         wanted = {"images": "image files (" + ", ".join(IMAGE_SUFFIXES) + ")", "tar": ".tar files",
                   "parquet": ".parquet files"}[input_format]
         raise InputError(f"no {wanted} under {source.url}")
+    ignored = len(found) - len(files)
     if input_format == "images":
         width = max(5, len(str(len(files) // shard_size)))
-        return [Shard(f"part-{index:0{width}d}", "images", tuple(files[start:start + shard_size]))
-                for index, start in enumerate(range(0, len(files), shard_size))]
+        return Inventory([Shard(f"part-{index:0{width}d}", "images", tuple(files[start:start + shard_size]))
+                          for index, start in enumerate(range(0, len(files), shard_size))], ignored)
     if input_format == "parquet":
         with source.fs.open(source.path(files[0].key), "rb") as first:
             image_column(source, files[0].key, pq.read_schema(first), columns)
-    return [Shard(posixpath.splitext(f.key)[0], input_format, (f,)) for f in files]
+    return Inventory([Shard(posixpath.splitext(f.key)[0], input_format, (f,)) for f in files], ignored)
 
 
 def read(shard: Shard, source: Location, columns: ParquetColumns = ParquetColumns()) -> Iterator[Record]:
-    """The shard's images in a stable order. An unreadable image is a `Record` with `error`; an unreadable
-    tar or Parquet file raises (`OSError`, `tarfile.TarError`, `pyarrow.ArrowException`, `InputError`)."""
+    """The shard's images in a stable order.
+
+    An image file that is gone or may not be read is a `Record` with `error` (retrying would not help). Any
+    other failure of the storage (unreachable, timing out, failing) raises, so that the whole shard is retried
+    and no image is recorded as bad because of it; so does an unreadable tar or Parquet file (`OSError`,
+    `tarfile.TarError`, `pyarrow.ArrowException`, `InputError`).
+    """
     if shard.format == "images":
         yield from _read_files(shard, source)
     elif shard.format == "tar":
@@ -182,9 +202,11 @@ def _read_files(shard: Shard, source: Location) -> Iterator[Record]:
     for file in shard.files:
         uri = source.uri(file.key)
         try:
-            yield Record(file.key, uri, source.read(file.key))
-        except OSError as error:
+            data = source.read(file.key)
+        except (FileNotFoundError, PermissionError, IsADirectoryError) as error:
             yield Record(file.key, uri, None, f"cannot read: {error}")
+            continue
+        yield Record(file.key, uri, data)
 
 
 def _read_tar(key: str, source: Location) -> Iterator[Record]:

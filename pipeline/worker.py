@@ -30,6 +30,7 @@ from .provenance import environment, now
 from .sources import ParquetColumns, Record, Shard, read
 from .storage import Location
 
+
 @dataclass(frozen=True)
 class WorkerSettings:
     """How a worker builds its model replica and batches images."""

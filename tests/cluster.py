@@ -1,4 +1,9 @@
-"""Real services for tests, on loopback: a moto S3 server and Ray clusters started with `ray start --block`."""
+"""Real services for tests, on loopback: a moto S3 server and Ray clusters started with `ray start --block`.
+
+Every test node declares all its resources: CPUs, GPUs (0 unless a test asks: on a GPU host Ray would otherwise
+detect the GPUs, and jobs meant for CPU actors would ask for them) and memory (Ray's `memory` resource, what
+actors reserve; otherwise the node's free memory, which differs from machine to machine and run to run).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from contextlib import closing
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+GIB = 2**30
 
 
 def free_port() -> int:
@@ -62,14 +68,22 @@ def start_moto(log: Path) -> tuple[subprocess.Popen, str]:
     return process, endpoint
 
 
-def start_ray_head(temp_dir: Path, cpus: int, object_store_mb: int, dashboard: bool = False,
-                   worker_ports: tuple[int, int] | None = None) -> tuple[subprocess.Popen, str, str | None]:
-    """`ray start --head --block` with its own ports and temp dir, so two clusters can coexist; returns the
-    process, the GCS address and the dashboard URL (None without dashboard)."""
+def resources(cpus: int, memory_gib: float, object_store_mb: int, gpus: int) -> list[str]:
+    """The `ray start` flags declaring a node's resources (`--memory` is a hidden flag of `ray start`)."""
+    return [f"--num-cpus={cpus}", f"--num-gpus={gpus}", f"--memory={int(memory_gib * GIB)}",
+            f"--object-store-memory={object_store_mb * 2**20}"]
+
+
+def start_ray_head(temp_dir: Path, cpus: int, memory_gib: float, object_store_mb: int, gpus: int = 0,
+                   dashboard: bool = False, worker_ports: tuple[int, int] | None = None
+                   ) -> tuple[subprocess.Popen, str, str | None]:
+    """`ray start --head --block` with its own ports and temp dir, so two clusters can coexist, declaring `cpus`,
+    `gpus` and `memory_gib` of memory for actors; returns the process, the GCS address and the dashboard URL
+    (None without dashboard)."""
     port, dashboard_port = free_port(), free_port()
     command = [str(BIN / "ray"), "start", "--head", "--block", "--disable-usage-stats",
-               "--node-ip-address", "127.0.0.1", "--port", str(port), f"--num-cpus={cpus}",
-               f"--object-store-memory={object_store_mb * 2**20}", f"--temp-dir={temp_dir}",
+               "--node-ip-address", "127.0.0.1", "--port", str(port),
+               *resources(cpus, memory_gib, object_store_mb, gpus), f"--temp-dir={temp_dir}",
                f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
                f"--include-dashboard={'true' if dashboard else 'false'}"]
     if dashboard:
@@ -93,15 +107,16 @@ def start_ray_head(temp_dir: Path, cpus: int, object_store_mb: int, dashboard: b
     return process, address, url
 
 
-def start_ray_worker(address: str, log: Path, cpus: int, object_store_mb: int) -> subprocess.Popen:
+def start_ray_worker(address: str, log: Path, cpus: int, memory_gib: float, object_store_mb: int,
+                     gpus: int = 0) -> subprocess.Popen:
     """Another node of the cluster at `address` on this machine (`ray start --address --block`), with ports of
-    its own; returns its process, whose group holds the node's raylet and workers (kill it to lose the node)."""
+    its own and the resources given (as `start_ray_head`); returns its process, whose group holds the node's
+    raylet and workers (kill it to lose the node)."""
     ports = {flag: free_port() for flag in ("--node-manager-port", "--object-manager-port", "--metrics-export-port",
                                             "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
                                             "--runtime-env-agent-port")}
     command = [str(BIN / "ray"), "start", "--address", address, "--block", "--disable-usage-stats",
-               "--node-ip-address", "127.0.0.1", f"--num-cpus={cpus}",
-               f"--object-store-memory={object_store_mb * 2**20}",
+               "--node-ip-address", "127.0.0.1", *resources(cpus, memory_gib, object_store_mb, gpus),
                *(f"{flag}={port}" for flag, port in ports.items())]
     process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     try:

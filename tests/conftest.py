@@ -74,12 +74,19 @@ def bucket(s3_endpoint) -> str:
 
 @pytest.fixture(scope="session")
 def ray_cluster(s3_endpoint) -> str:
-    """One local Ray cluster for the session (8 logical CPUs, small object store), joined by this process;
-    subprocess drivers join it through RAY_ADDRESS. Started after the S3 variables are set, so its workers
-    see the S3 endpoint. Returns its address."""
+    """One local Ray cluster for the session, joined by this process; subprocess drivers join it through
+    RAY_ADDRESS. Started after the S3 variables are set, so its workers see the S3 endpoint. Returns its address.
+
+    Its resources are declared, not detected, so the suite schedules the same on any host: 8 logical CPUs, no
+    GPU (a GPU host's GPUs stay out of it: jobs default to GPU actors when the cluster has GPUs), 48 GiB of Ray's
+    `memory` resource and a 256 MB object store. The memory is logical (Ray reserves it, nothing allocates it):
+    6 GiB per CPU, the most an actor reserves by default (a full-size model on CPU), so CPUs, not memory, limit
+    the actors of every test, whatever the machine's RAM; a test about memory starts a cluster of its own.
+    """
     import ray
 
-    process, address, _ = start_ray_head(Path(tempfile.mkdtemp(prefix="dsray-")), cpus=8, object_store_mb=256)
+    process, address, _ = start_ray_head(Path(tempfile.mkdtemp(prefix="dsray-")), cpus=8, gpus=0, memory_gib=48,
+                                         object_store_mb=256)
     os.environ["RAY_ADDRESS"] = address
     ray.init(address=address, logging_level="WARNING")
     yield address

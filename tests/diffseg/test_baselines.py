@@ -31,6 +31,7 @@ def test_a_batch_is_clustered_image_by_image():
     per_image = [planted_attention(p, noise=0.1) for p in partitions]
     batched = segment_from_attention([torch.stack(level) for level in zip(*per_image)], kmeans(6))
     assert batched.shape == (2, 128, 128)
+    # Exact: a batch is clustered image by image, the same computation on the same values as one image alone.
     for maps, labels in zip(per_image, batched):
         assert torch.equal(labels, segment_from_attention(maps, kmeans(6)))
 

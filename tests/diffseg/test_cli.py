@@ -12,6 +12,8 @@ from PIL import Image
 from tests.conftest import photo
 
 ROOT = Path(__file__).resolve().parents[2]
+CPU = ["--device", "cpu"]
+"""The default device is CUDA when there is one: these tests are about the CPU path on any host."""
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -31,7 +33,7 @@ def test_a_folder_with_good_and_corrupt_files(tmp_path):
     (inputs / "notes.txt").write_text("not an image, not an input")
     out = tmp_path / "masks"
 
-    result = run("segment", str(inputs), "--out", str(out), "--model", "tiny", "--batch-size", "2")
+    result = run("segment", str(inputs), "--out", str(out), "--model", "tiny", "--batch-size", "2", *CPU)
 
     assert result.returncode == 1, result.stderr
     assert "skipped" in result.stderr and "corrupt.jpg" in result.stderr and "empty.png" in result.stderr
@@ -52,7 +54,7 @@ def test_all_good_files_exit_zero_with_settings(tmp_path):
     image = tmp_path / "a.png"
     photo(128, 128).save(image)
     result = run("segment", str(image), "--out", str(tmp_path / "out"), "--model", "tiny",
-                 "--kl-threshold", "0.9,1.0,1.1", "--crop", "center", "--resolution", "128", "--refine")
+                 "--kl-threshold", "0.9,1.0,1.1", "--crop", "center", "--resolution", "128", "--refine", *CPU)
     assert result.returncode == 0, result.stderr
     assert Image.open(tmp_path / "out" / "a.mask.png").size == (128, 128)
 
@@ -73,3 +75,20 @@ def test_bad_settings_are_one_line_and_exit_two(tmp_path, args, message):
 def test_a_missing_input_is_reported(tmp_path):
     result = run("segment", str(tmp_path / "nothing.jpg"), "--out", str(tmp_path / "out"), "--model", "tiny")
     assert result.returncode == 2 and "no such file or folder" in result.stderr
+
+
+@pytest.mark.integration
+def test_output_names_stay_readable_inside_the_folder_and_never_overwrite_each_other(tmp_path):
+    inputs, out = tmp_path / "in", tmp_path / "masks"
+    for name in ["sub/cat.jpg", "a.jpg", "a.png", "odd %#\\name\n.png"]:
+        (inputs / name).parent.mkdir(parents=True, exist_ok=True)
+        photo(64, 64).save(inputs / name)
+    # the folder, then one of its files again: both would be a.jpg
+    result = run("segment", str(inputs), str(inputs / "a.jpg"), "--out", str(out), "--model", "tiny",
+                 "--resolution", "128", *CPU)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.mask.png")) == [
+        "a.jpg.mask.png", "a.jpg~2.mask.png", "a.png.mask.png", "odd %25%23%5Cname%0A.mask.png", "sub/cat.mask.png"]
+    assert len(list(out.rglob("*.overlay.png"))) == 5
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "; 1 image(s) named NAME~N so as not to overwrite another's")

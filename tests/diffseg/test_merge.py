@@ -2,10 +2,22 @@ import pytest
 import torch
 
 from diffseg.merge import _merge_pass, anchor_grid, merge, symmetric_kl
+from tests.diffseg.rounding import U, assert_within, gamma
 
 
 def distributions(n: int, d: int, seed: int) -> torch.Tensor:
     return torch.randn(n, d, generator=torch.Generator().manual_seed(seed)).softmax(dim=1)
+
+
+def kl_rounding(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Bound on the rounding of one fp32 evaluation of the symmetric KL of the rows of `p` and `q` (n keys), either
+    from the sums of p log p, q log q, p log q and q log p or from the sums of p log(p / q), in any order: each log
+    within 4 ulps (8U, and U more for p / q), each product U, each sum of n terms gamma(n), a few roundings to
+    combine the sums, all relative to A_ij = sum_k (p_ik + q_jk)(|log p_ik| + |log q_jk|), which bounds every sum."""
+    p, q = p.double(), q.double()
+    log_p, log_q = p.log().abs(), q.log().abs()
+    a = (p * log_p).sum(1)[:, None] + p @ log_q.T + (q @ log_p.T).T + (q * log_q).sum(1)[None, :]
+    return 0.5 * (gamma(p.shape[1]) + 13 * U) * a + U
 
 
 def test_anchor_grid_matches_the_official_coordinates():
@@ -35,15 +47,16 @@ def test_symmetric_kl_matches_the_definition():
             kl_pq = (p[i] * (p[i] / q[j]).log()).sum()
             kl_qp = (q[j] * (q[j] / p[i]).log()).sum()
             expected[i, j] = 0.5 * (kl_pq + kl_qp)
-    torch.testing.assert_close(symmetric_kl(p, q), expected, atol=1e-5, rtol=1e-4)
+    assert_within(symmetric_kl(p, q), expected, 2 * kl_rounding(p, q))  # two fp32 evaluations, two formulas
 
 
 def test_symmetric_kl_is_symmetric_and_zero_on_the_diagonal():
     p = distributions(30, 64, 2)
-    d = symmetric_kl(p, p)
-    torch.testing.assert_close(d, d.T, atol=1e-5, rtol=0)
-    assert d.diagonal().abs().max() < 1e-5
-    assert (d + 1e-5 >= 0).all()
+    d, bound = symmetric_kl(p, p), kl_rounding(p, p)
+    # d_ij and d_ji, and d_ii and the exact 0, are apart by at most the rounding of the evaluations
+    assert_within(d, d.T, 2 * bound)
+    assert_within(d.diagonal(), torch.zeros(30), bound.diagonal())
+    assert (d >= -bound).all()
 
 
 def test_symmetric_kl_refuses_half_precision():
@@ -58,8 +71,9 @@ def test_identical_maps_merge_into_one_proposal():
     attention = torch.cat([rows[0].expand(32, 64), rows[1].expand(32, 64)])
     proposals = merge(attention, grid, num_points=4, thresholds=(0.5, 0.5, 0.5))
     assert len(proposals) == 2
-    torch.testing.assert_close(proposals[0], rows[0])
-    torch.testing.assert_close(proposals[1], rows[1])
+    # Means of identical rows: pass 0 sums the 32 rows of a half (gamma(31)), pass 1 its 8 anchors' proposals
+    # (gamma(7)); the counts are powers of 2, so the divisions are exact.
+    torch.testing.assert_close(proposals, rows, rtol=gamma(31) + gamma(7), atol=0)
 
 
 def test_later_passes_walk_proposals_in_order():
@@ -69,4 +83,5 @@ def test_later_passes_walk_proposals_in_order():
     tau = float(d[0, 2]) + 1e-3
     assert d[0, 1] > tau and d[1, 2] < tau
     merged = _merge_pass(torch.stack([a, b, c]), tau)
-    torch.testing.assert_close(merged, torch.stack([(a + c) / 2, (b + c) / 2]))
+    # Each side: one rounding of a sum of two non-negatives (the 0-weighted row adds exact zeros), halved exactly.
+    torch.testing.assert_close(merged, torch.stack([(a + c) / 2, (b + c) / 2]), rtol=2 * U, atol=0)

@@ -5,10 +5,11 @@ import io
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from diffseg import DiffSegConfig
-from diffseg.preprocess import prepare, prepare_label, processing_size
+from diffseg.preprocess import labeled_view, prepare, prepare_label, processing_size
+from diffseg.visualize import to_image
 from tests.conftest import photo
 
 WHOLE, CENTER = DiffSegConfig(), DiffSegConfig(crop="center")
@@ -72,6 +73,47 @@ def test_center_crop_of_a_reduced_jpeg_is_placed_on_the_full_image():
     assert prepared.pixels[:, :, 1:-1].min() > 0.9  # white up to the edges of the crop
 
 
+def rotated(width: int, height: int) -> tuple[bytes, np.ndarray]:
+    """A PNG stored `width x height` with EXIF orientation 6, and the pixels it shows (turned 90 degrees
+    clockwise: `height` wide, `width` high)."""
+    stored = photo(width, height)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encoded(stored, "PNG", exif=exif.tobytes()), np.rot90(np.asarray(stored), k=-1)
+
+
+def test_the_labeled_view_is_the_oriented_photo_at_the_mask_size():
+    data, shown = rotated(120, 80)
+    view = labeled_view(data, WHOLE)
+    assert view.mode == "RGB" and view.size == (80, 120) == prepare(data, WHOLE).mask_size[::-1]
+    assert np.array_equal(np.asarray(view), shown)
+
+
+def test_the_labeled_view_of_center_mode_is_the_central_square_the_model_saw():
+    data, shown = rotated(120, 80)  # shown 80 wide, 120 high: the central square is rows 20..99
+    config = DiffSegConfig(crop="center", resolution=64)
+    view = labeled_view(data, config)
+    square = Image.fromarray(np.ascontiguousarray(shown[20:100])).resize((64, 64), Image.Resampling.BILINEAR)
+    assert view.size == (64, 64) and np.array_equal(np.asarray(view), np.asarray(square))
+    assert np.array_equal(np.asarray(view), np.asarray(to_image(prepare(data, config).pixels)))
+
+
+def test_the_labeled_view_of_a_large_jpeg_is_not_reduced():
+    data = encoded(photo(2400, 1800), "JPEG")
+    full = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+    assert np.array_equal(np.asarray(labeled_view(data, WHOLE)), np.asarray(full))
+    center = labeled_view(data, DiffSegConfig(crop="center", resolution=64))
+    expected = full.crop((300, 0, 2100, 1800)).resize((64, 64), Image.Resampling.BILINEAR)
+    assert np.array_equal(np.asarray(center), np.asarray(expected))
+
+
+def test_the_labeled_view_refuses_what_prepare_refuses():
+    with pytest.raises(ValueError, match="^cannot decode image"):
+        labeled_view(b"not an image", WHOLE)
+    with pytest.raises(ValueError, match="exceeds the limit of 1000000 pixels"):
+        labeled_view(encoded(Image.new("L", (2000, 1000)), "PNG"), WHOLE, max_pixels=1_000_000)
+
+
 def bands(width: int, height: int) -> np.ndarray:
     """Label with one class per column band of 10 pixels."""
     return np.tile(np.arange(width) // 10, (height, 1))
@@ -113,7 +155,9 @@ def test_other_modes_become_rgb(mode):
 def test_sixteen_bit_images_are_scaled_not_clipped():
     array = np.full((64, 64), 65535 // 2, dtype=np.uint16)
     prepared = prepare(encoded(Image.fromarray(array), "PNG"), DiffSegConfig(resolution=64))
-    assert torch.allclose(prepared.pixels, torch.full_like(prepared.pixels, 127 / 127.5 - 1), atol=0.01)
+    # atol: one 8-bit level (1 / 127.5 ~ 0.0078) but not two: this checks the scaling (32767 -> 127 by / 257,
+    # 128 by / 256), not the exact 16-to-8-bit rounding; clipping would give 1.0
+    assert torch.allclose(prepared.pixels, torch.full_like(prepared.pixels, 127 / 127.5 - 1), atol=0.01, rtol=0)
 
 
 @pytest.mark.parametrize("data, reason", [

@@ -36,6 +36,7 @@ def test_batched_maps_give_the_per_image_results():
     second = planted_attention(random_partition(32, 32, regions=7, seed=4), noise=0.3)
     batched = segment_from_attention([torch.stack([a, b]) for a, b in zip(first, second)])
     assert batched.shape == (2, 256, 256)
+    # Exact: a batch is segmented image by image, the same computation on the same values as one image alone.
     assert torch.equal(batched[0], segment_from_attention(first))
     assert torch.equal(batched[1], segment_from_attention(second))
 

@@ -17,7 +17,7 @@ def test_masks_have_each_images_original_size(tiny, tmp_path):
 
 
 def test_center_mode_returns_the_square():
-    segmenter = DiffSeg.from_pretrained("tiny", config=DiffSegConfig(crop="center", resolution=128))
+    segmenter = DiffSeg.from_pretrained("tiny", config=DiffSegConfig(crop="center", resolution=128), device="cpu")
     (mask,) = segmenter.segment([photo(333, 517)])
     assert mask.shape == (128, 128)
 
@@ -28,11 +28,29 @@ def test_a_bad_image_is_refused_by_name(tiny):
 
 
 def test_results_do_not_depend_on_batch_companions_or_order(tiny):
-    a, b, c = photo(192, 128, seed=3), photo(192, 128, seed=4), photo(128, 192, seed=5)
-    alone = tiny.segment([a], batch_size=2)[0]
-    assert int(alone.max()) > 1
-    for images, index in [([a, b], 0), ([b, a], 1), ([c, b, a], 2), ([b, c, a, b], 2)]:
+    a, b, c, d = photo(192, 128, seed=3), photo(192, 128, seed=4), photo(128, 192, seed=5), photo(192, 128, seed=6)
+    first = tiny.segment([a], batch_size=2)[0]  # padded: [a, a]
+    second = tiny.segment([d, a], batch_size=2)[1]
+    assert int(first.max()) > 1
+    # Exact at the same row of a batch: short batches are padded, so every forward has the same shape and runs the
+    # same kernels, and a row's values never meet another row's. (Another row may round differently: some BLAS
+    # kernels, e.g. MKL's SSE4.2 ones, treat the rows of a small matrix product differently; see the next test.)
+    for images, index, alone in [([a, b], 0, first), ([b, a], 1, second), ([c, b, a], 2, second),
+                                 ([b, c, a, b], 2, second)]:
         assert torch.equal(tiny.segment(images, batch_size=2)[index], alone)
+
+
+def test_an_images_attention_at_another_row_of_a_batch_differs_by_rounding_only(tiny):
+    a, b = (tiny.prepare(photo(192, 128, seed=seed)).pixels for seed in (3, 4))
+    for first, second in zip(tiny.attention(torch.stack([a, b])), tiny.attention(torch.stack([b, a]))):
+        # Every query row is a distribution over the keys; compare rows by their L1 distance (at most 2).
+        moved = (first[0] - second[1]).abs().sum(dim=(-2, -1))
+        other = (first[0] - second[0]).abs().sum(dim=(-2, -1))
+        # Not a worst-case bound (rounding reaching the maps through the whole UNet has no closed form): 0.01
+        # sits 10x above the largest rounding seen (9e-4, rows of a batch rounded apart by MKL's SSE4.2 kernels)
+        # and 100x below the distance to another image's rows (over 1.2 for b's), which must stay far above it.
+        tolerance = 0.01
+        assert float(moved.max()) <= tolerance and float(other.min()) > 10 * tolerance
 
 
 def test_results_are_deterministic(tiny):
@@ -58,7 +76,7 @@ def test_provenance_names_model_settings_device_and_dtype(tiny):
 
 
 def test_bfloat16_runs_with_fp32_attention():
-    segmenter = DiffSeg.from_pretrained("tiny", dtype=torch.bfloat16)
+    segmenter = DiffSeg.from_pretrained("tiny", device="cpu", dtype=torch.bfloat16)
     maps = segmenter.attention(torch.zeros(1, 3, 64, 64))
     assert all(m.dtype == torch.float32 for m in maps)
     (mask,) = segmenter.segment([photo(80, 64)])

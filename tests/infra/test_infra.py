@@ -198,9 +198,22 @@ def kuberay_shape() -> dict:
     """What the KubeRay GPU workers offer Ray, and how many there may be."""
     spec = one(KUBERAY / "raycluster.yaml")["spec"]
     group = gpu_worker_group(spec)
+    limit = group["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi"), "memory limits are written in Gi"
     return {"cpu": Fraction(group["rayStartParams"]["num-cpus"]), "gpu": Fraction(group["rayStartParams"]["num-gpus"]),
-            "max": group["maxReplicas"], "head": {"CPU": float(spec["headGroupSpec"]["rayStartParams"]["num-cpus"]),
-                                                  "GPU": float(spec["headGroupSpec"]["rayStartParams"]["num-gpus"])}}
+            "memory": ray_memory(int(limit[:-2]) * 2**30), "max": group["maxReplicas"],
+            "head": {"CPU": float(spec["headGroupSpec"]["rayStartParams"]["num-cpus"]),
+                     "GPU": float(spec["headGroupSpec"]["rayStartParams"]["num-gpus"])}}
+
+
+INSTANCE_MEMORY = {"g5.2xlarge": 32 * 2**30}
+"""Bytes of memory of the cluster launcher's worker instance types (AWS's published sizes)."""
+
+
+def ray_memory(machine: int) -> float:
+    """A lower bound of the `memory` resource Ray gives a node of `machine` bytes: Ray keeps 30% for the object
+    store and leaves some to the system, so 40% of the machine is always there to reserve."""
+    return 0.4 * machine
 
 
 def aws_shape() -> dict:
@@ -208,28 +221,28 @@ def aws_shape() -> dict:
     types = config["available_node_types"]
     worker = types["ray.worker.gpu"]
     return {"cpu": Fraction(worker["resources"]["CPU"]), "gpu": Fraction(worker["resources"]["GPU"]),
+            "memory": ray_memory(INSTANCE_MEMORY[worker["node_config"]["InstanceType"]]),
             "max": worker["max_workers"], "head": dict(types[config["head_node_type"]]["resources"])}
 
 
 SHAPES = {"kuberay": kuberay_shape, "aws": aws_shape}
 
 
-def simulated_resources(monkeypatch, label, args, nodes: list[dict]) -> tuple[int, float, float]:
-    """(actors, gpus per actor, cpus per actor) as the driver decides them (`pipeline.driver._resources`, with
-    its defaults) on a cluster of `nodes` (Ray resource dicts)."""
-    from pipeline import driver
+def simulated_resources(label, args, nodes: list[dict]) -> tuple[int, float, float, float]:
+    """(actors, gpus, cpus and memory per actor) as the job decides them (`pipeline.capacity`, with the job's
+    defaults) on an idle cluster of `nodes` (Ray resource dicts)."""
+    from pipeline import capacity
 
-    total: dict[str, float] = {}
-    for node in nodes:
-        for name, amount in node.items():
-            total[name] = total.get(name, 0) + float(amount)
-    monkeypatch.setattr(driver.ray, "cluster_resources", lambda: dict(total))
-    monkeypatch.setattr(driver.ray, "nodes", lambda: [{"Alive": True, "NodeID": str(i), "Resources": dict(node)}
-                                                      for i, node in enumerate(nodes)])
-    return driver._resources(label.job_from_args(args), 10**6)
+    job = label.job_from_args(args)
+    cluster = [capacity.Node(str(i), node.get("CPU", 0), node.get("GPU", 0), node.get("memory", 0))
+               for i, node in enumerate(nodes)]
+    free = {name: sum(float(node.get(name, 0)) for node in nodes) for name in ("CPU", "GPU", "memory")}
+    shape = capacity.actor_shape(cluster, job.model, job.gpus_per_actor, job.cpus_per_actor, job.memory_per_actor)
+    actors = capacity.fit(shape, cluster, free, job.num_actors, 10**6, autoscaling=job.startup_timeout > 0)
+    return actors.count, shape.gpus, shape.cpus, shape.memory
 
 
-def check_fits(monkeypatch, label, args, shape: dict, where: str) -> None:
+def check_fits(label, args, shape: dict, where: str) -> None:
     """The job's actors fit the autoscaling GPU workers of `shape`, on a cold and on a full cluster."""
     assert args.startup_timeout > 0, (
         f"{where}: the GPU workers start at zero; without --startup-timeout the job refuses before they come up")
@@ -240,21 +253,25 @@ def check_fits(monkeypatch, label, args, shape: dict, where: str) -> None:
     assert shape["gpu"] >= gpa and (shape["gpu"] / gpa).denominator == 1, (
         f"{where}: a worker's {shape['gpu']} GPU(s) are not a whole multiple of --gpus-per-actor {gpa}")
 
-    worker = {"CPU": float(shape["cpu"]), "GPU": float(shape["gpu"])}
+    worker = {"CPU": float(shape["cpu"]), "GPU": float(shape["gpu"]), "memory": shape["memory"]}
     full = [shape["head"]] + [worker] * shape["max"]
-    actors, gpus, cpus = simulated_resources(monkeypatch, label, args, full)
+    actors, gpus, cpus, memory = simulated_resources(label, args, full)
     assert gpus == float(gpa)
     assert Fraction(cpus) <= shape["cpu"], (
         f"{where}: {cpus:g} CPU(s) per actor (--cpus-per-actor or its default) exceed a worker's {shape['cpu']}")
-    per_worker = min(int(shape["gpu"] / gpa), int(shape["cpu"] / Fraction(cpus)))
+    assert memory <= shape["memory"], (
+        f"{where}: {memory / 2**30:g} GiB per actor (--memory-per-actor or its default) exceed a worker's "
+        f"{shape['memory'] / 2**30:g} GiB")
+    per_worker = min(int(shape["gpu"] / gpa), int(shape["cpu"] / Fraction(cpus)),
+                     int(shape["memory"] // memory) if memory else shape["max"])
     assert actors <= per_worker * shape["max"], (
         f"{where}: {actors} actor(s) cannot all start on at most {shape['max']} workers ({per_worker} each): "
         "the job would give up after --startup-timeout")
 
-    cold = simulated_resources(monkeypatch, label, args, [shape["head"]])  # no JobError: it waits instead
-    assert cold == (actors, gpus, cpus), (
-        f"{where}: the job asks for {cold} on a cluster that is still scaling up but {(actors, gpus, cpus)} on "
-        "a full one; set --num-actors")
+    cold = simulated_resources(label, args, [shape["head"]])  # no JobError: it waits instead
+    assert cold == (actors, gpus, cpus, memory), (
+        f"{where}: the job asks for {cold} on a cluster that is still scaling up but {(actors, gpus, cpus, memory)} "
+        "on a full one; set --num-actors")
 
 
 # --- every file parses -------------------------------------------------------------------------------------
@@ -312,19 +329,19 @@ def rayjob_args(label):
     return parse(label, job_argv(one(KUBERAY / "rayjob.yaml")["spec"]["entrypoint"]), "rayjob.yaml")
 
 
-def test_rayjob_fits_the_kuberay_workers(monkeypatch, label):
-    check_fits(monkeypatch, label, rayjob_args(label), kuberay_shape(), "rayjob.yaml entrypoint")
+def test_rayjob_fits_the_kuberay_workers(label):
+    check_fits(label, rayjob_args(label), kuberay_shape(), "rayjob.yaml entrypoint")
 
 
-def test_cluster_launcher_job_fits_its_workers(monkeypatch, label):
+def test_cluster_launcher_job_fits_its_workers(label):
     commands = [c for s, c in COMMANDS if s == "infra/cluster-aws.yaml"]
     assert commands
     for command in commands:
-        check_fits(monkeypatch, label, parse(label, job_argv(command), "cluster-aws.yaml"), aws_shape(),
+        check_fits(label, parse(label, job_argv(command), "cluster-aws.yaml"), aws_shape(),
                    "cluster-aws.yaml")
 
 
-def test_autoscaling_commands_in_infra_readme_fit_every_cluster(monkeypatch, label):
+def test_autoscaling_commands_in_infra_readme_fit_every_cluster(label):
     """The README shows one command for both the KubeRay and the cluster launcher cluster."""
     checked = 0
     for source, command in COMMANDS:
@@ -333,7 +350,7 @@ def test_autoscaling_commands_in_infra_readme_fit_every_cluster(monkeypatch, lab
         args = parse(label, job_argv(command), source)
         if args.startup_timeout:
             for name, shape in SHAPES.items():
-                check_fits(monkeypatch, label, args, shape(), f"{source} on {name}")
+                check_fits(label, args, shape(), f"{source} on {name}")
             checked += 1
     assert checked
 

@@ -83,8 +83,9 @@ def test_the_job_labels_on_a_cluster_the_script_starts_and_stop_leaves_nothing(t
     write_files(tmp_path / "in", good_images(6))
     recorded: list[int] = []
     try:
-        start = script("start", "--workers", "2", "--cpus", "1", "--object-store-memory", "80000000",
-                       "--port", str(port), "--dashboard-port", str(dashboard), "--worker-port-base", str(worker_base))
+        start = script("start", "--workers", "2", "--cpus", "1", "--gpus-per-worker", "0",
+                       "--object-store-memory", "80000000", "--port", str(port), "--dashboard-port", str(dashboard),
+                       "--worker-port-base", str(worker_base))
         recorded = [int(pid) for pid in (state / "pids").read_text().split()] if (state / "pids").exists() else []
         assert start.returncode == 0, start.stdout + start.stderr
         assert f"export RAY_ADDRESS=127.0.0.1:{port}" in start.stdout

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -45,8 +46,7 @@ def test_bad_flags_are_one_line_and_exit_two(tmp_path, args, message):
 def test_an_unreadable_input_is_one_line_and_exit_two(tmp_path):
     result = label("--input", str(tmp_path / "missing"), "--output", str(tmp_path / "out"))
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: no image files (.jpg, .jpeg, .png, .webp, .bmp, .tif, .tiff) under " \
-                                    f"{tmp_path / 'missing'}"
+    assert result.stderr.strip() == f"error: {tmp_path / 'missing'} does not exist"
 
 
 @pytest.mark.integration
@@ -90,8 +90,8 @@ def test_a_killed_driver_is_recovered_by_running_the_command_again(tmp_path, ray
 @pytest.mark.integration
 def test_ray_job_submit_runs_the_job_on_a_cluster(tmp_path):
     write_files(tmp_path / "in", good_images(3))
-    head, _, dashboard = start_ray_head(Path(tempfile.mkdtemp(prefix="dsjob-")), cpus=4, object_store_mb=128,
-                                        dashboard=True, worker_ports=(21000, 21999))
+    head, _, dashboard = start_ray_head(Path(tempfile.mkdtemp(prefix="dsjob-")), cpus=4, gpus=0, memory_gib=24,
+                                        object_store_mb=128, dashboard=True, worker_ports=(21000, 21999))
     try:
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         result = subprocess.run(
@@ -111,13 +111,31 @@ def test_ray_job_submit_runs_the_job_on_a_cluster(tmp_path):
 def test_actors_the_cluster_cannot_host_are_refused_at_once_or_after_the_startup_timeout(tmp_path, ray_cluster):
     write_files(tmp_path / "in", good_images(2))
     args = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--gpus-per-actor", "1", *FAST]
+    started = time.monotonic()
     refused = label(*args)
-    assert refused.returncode == 2
-    assert refused.stderr.strip() == "error: --gpus-per-actor 1: the cluster has 0 GPU(s) (an autoscaling cluster " \
-                                     "needs --startup-timeout)"
+    assert refused.returncode == 2 and time.monotonic() - started < 60
+    assert re.fullmatch(r"error: --num-actors 1: the cluster can host 0 actor\(s\) of 1 CPU\(s\), 1 GPU\(s\) and "
+                        r"1 GiB memory now \(node [^:]+: 8 CPU, 0 GPU, [\d.]+ GiB; free: .*\); try --gpus-per-actor 0 "
+                        r"\(CPU actors\), or --startup-timeout to let an autoscaler add nodes\n", refused.stderr), \
+        refused.stderr
     started = time.monotonic()
     waited = label(*args, "--startup-timeout", "5")
     assert waited.returncode == 2 and time.monotonic() - started >= 5
-    assert waited.stderr.strip() == "error: the cluster did not start 1 actor(s) with 1 GPU(s) and 1 CPU(s) each " \
-                                    "within --startup-timeout 5 s"
+    assert waited.stderr.strip().startswith("error: the cluster did not start 1 actor(s) of 1 CPU(s), 1 GPU(s) and "
+                                            "1 GiB memory within --startup-timeout 5 s (1 not placed; node ")
     assert not list((tmp_path / "out").glob("*.parquet"))
+
+
+@pytest.mark.integration
+def test_more_actors_than_a_local_machine_hosts_are_refused_in_one_line(tmp_path):
+    """The command of the issue that hung: a private local Ray, default CPUs per actor (a whole node each)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, LABEL, "--input", str(ROOT / "samples"), "--output", str(tmp_path / "out"),
+                             "--model", "tiny", "--num-actors", "2", "--shard-size", "1", "--gpus-per-actor", "0",
+                             "--no-progress"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 2 and time.monotonic() - started < 120
+    assert re.fullmatch(r"error: --num-actors 2: the cluster can host 1 actor\(s\) of .* now \(node .*\); try "
+                        r"--num-actors 1, .*\n", result.stderr), result.stderr
+    assert not (tmp_path / "out").exists()

@@ -13,11 +13,26 @@ import s3fs
 from PIL import Image
 
 from diffseg import DiffSegConfig, ModelLoadError
-from pipeline.driver import LabelJob, run
+from pipeline import driver
+from pipeline.capacity import Actors, ActorShape, JobError
+from pipeline.driver import run
+from pipeline.job import LabelJob
 from pipeline.output import OutputConflict, read_provenance
 from pipeline.storage import Location
-from tests.pipeline.data import (BOMB_LIMIT, bad_image_bytes, bad_images, good_images, parquet_bytes, read_output,
-                                 tar_bytes, write_files)
+from pipeline.worker import LabelWorker
+from tests.conftest import photo
+from tests.outage import Forwarder
+from tests.pipeline.data import (
+    BOMB_LIMIT,
+    bad_image_bytes,
+    bad_images,
+    encoded,
+    good_images,
+    parquet_bytes,
+    read_output,
+    tar_bytes,
+    write_files,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_cluster")]
 
@@ -27,7 +42,8 @@ FAST = DiffSegConfig(resolution=256)
 
 
 def job(input: str, output: str, **overrides) -> LabelJob:
-    settings = dict(model="tiny", config=FAST, num_actors=2, cpus_per_actor=1, shard_size=4, max_pixels=BOMB_LIMIT)
+    settings = dict(model="tiny", config=FAST, num_actors=2, cpus_per_actor=1, shard_size=4, max_pixels=BOMB_LIMIT,
+                    retry_delay=0.2)
     return LabelJob(input=input, output=output, **{**settings, **overrides})
 
 
@@ -46,11 +62,12 @@ def assert_masks_match_images(rows: list[dict], images: dict[str, bytes]) -> Non
 
 
 def test_a_local_folder_is_labeled_once_and_a_rerun_skips_it(tmp_path):
-    images = {**good_images(9), **bad_image_bytes()}
-    write_files(tmp_path / "in", images)
+    images = {**good_images(8), "img-gif.gif": encoded(photo(72, 48, seed=9), "GIF"), **bad_image_bytes()}
+    write_files(tmp_path / "in", {**images, "notes.txt": b"not an image", "sub/.DS_Store": b""})
     summary = run(job(str(tmp_path / "in"), str(tmp_path / "out")), progress=False)
     assert (summary.images_ok, summary.images_failed) == (9, len(bad_images()))
     assert (summary.shards_written, summary.shards_skipped, summary.shards_failed) == (4, 0, 0)
+    assert summary.files_ignored == 2
     rows = read_output(str(tmp_path / "out"))
     assert_masks_match_images(rows, images)
 
@@ -87,6 +104,43 @@ def test_a_folder_on_s3_is_labeled_to_s3(bucket):
     assert provenance["shard"]["files"][0]["uri"] == f"s3://{bucket}/photos/img-000.png"
     assert provenance["shard"]["files"][0]["etag"]
     assert "testing" not in str(provenance)  # no credentials
+
+
+def test_an_object_store_down_mid_job_costs_retries_not_images(bucket, s3_endpoint):
+    """S3 (a real endpoint behind a loopback forwarder) refuses every connection for 8 s while shards are being
+    read and written: the shards it hit are retried after a delay, and no image is recorded as bad."""
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    images = good_images(16)
+    for name, data in images.items():
+        fs.pipe_file(f"{bucket}/photos/{name}", data)
+    forwarder = Forwarder(int(s3_endpoint.rsplit(":", 1)[1]))
+    forwarder.up()
+    outage = []
+
+    def take_it_down_after_the_first_shard():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not fs.exists(f"{bucket}/masks/_done/part-00000.json"):
+            fs.invalidate_cache()
+            time.sleep(0.05)
+        forwarder.down()
+        outage.append(sorted(fs.ls(f"{bucket}/masks/_done", refresh=True)))
+        time.sleep(8)
+        forwarder.up()
+
+    controller = threading.Thread(target=take_it_down_after_the_first_shard)
+    controller.start()
+    try:
+        summary = run(job(f"s3://{bucket}/photos", f"s3://{bucket}/masks", num_actors=1, shard_size=1, retry_delay=1,
+                          storage_options={"client_kwargs": {"endpoint_url": forwarder.url}}), progress=False)
+    finally:
+        controller.join()
+        forwarder.down()
+    assert outage and len(outage[0]) < 16, "the outage began before the job ended"
+    assert summary.retries >= 1 and (summary.shards_failed, summary.images_failed) == (0, 0)
+    assert (summary.images_ok, summary.shards_written) == (16, 16)
+    rows = read_output(f"{bucket}/masks", filesystem=fs)
+    assert all(row["status"] == "ok" for row in rows)
+    assert_masks_match_images(rows, images)
 
 
 def test_webdataset_tars_are_labeled_per_tar(tmp_path):
@@ -175,3 +229,67 @@ def test_a_model_that_cannot_be_loaded_stops_the_job_before_any_output(tmp_path)
     with pytest.raises(ModelLoadError, match="no-such-model"):
         run(job(str(tmp_path / "in"), str(tmp_path / "out"), model=str(tmp_path / "no-such-model")), progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_actors_waiting_for_an_autoscaler_are_reported_until_the_startup_timeout(tmp_path, monkeypatch, capfd):
+    write_files(tmp_path / "in", good_images(2))
+    monkeypatch.setattr(driver, "REPORT_EVERY", 1.0)
+    started = time.monotonic()
+    with pytest.raises(JobError, match=r"^the cluster did not start 1 actor\(s\) of 1 CPU\(s\), 1 GPU\(s\) and 1 GiB "
+                                       r"memory within --startup-timeout 4 s \(1 not placed; node [^:]+: 8 CPU, "
+                                       r"0 GPU, .*; free: .*\)$"):
+        run(job(str(tmp_path / "in"), str(tmp_path / "out"), num_actors=1, gpus_per_actor=1, startup_timeout=4),
+            progress=False)
+    assert time.monotonic() - started >= 4
+    waiting = [line for line in capfd.readouterr().err.splitlines() if line.startswith("waiting for the cluster")]
+    assert len(waiting) >= 2, "a line at least every REPORT_EVERY seconds"
+    assert waiting[0].startswith("waiting for the cluster: 1 actor(s) not placed yet (1), each needs 1 CPU(s), "
+                                 "1 GPU(s) and 1 GiB memory; node ")
+    assert ": 8 CPU, 0 GPU" in waiting[0]
+    assert not list((tmp_path / "out").glob("*.parquet"))
+
+
+def test_actors_that_cannot_be_placed_although_they_fitted_are_a_bounded_wait(tmp_path, monkeypatch):
+    """Other work may take the room between the check and the start; the job says so instead of hanging."""
+    write_files(tmp_path / "in", good_images(1))
+    monkeypatch.setattr(driver, "PLACEMENT_TIMEOUT", 2.0)
+    monkeypatch.setattr(driver, "actors_for", lambda job, shards: Actors(1, ActorShape(64, 0, 0)))
+    with pytest.raises(JobError, match=r"^1 of 1 actor\(s\) of 64 CPU\(s\), 0 GPU\(s\) and 0 GiB memory were not "
+                                       r"placed within 2 s although the cluster had room"):
+        run(job(str(tmp_path / "in"), str(tmp_path / "out")), progress=False)
+
+
+class SlowLoadingWorker(LabelWorker):
+    """A replica whose model takes a few seconds to load, as a first download of real weights would."""
+
+    def load(self):
+        time.sleep(4)
+        return super().load()
+
+
+def test_a_replica_still_loading_its_model_says_so(tmp_path, monkeypatch, capfd):
+    write_files(tmp_path / "in", good_images(2))
+    monkeypatch.setattr(driver, "REPORT_EVERY", 1.0)
+    monkeypatch.setattr(driver, "LOADING_REPORT_AFTER", 1.0)
+    summary = driver.execute(driver.prepare(job(str(tmp_path / "in"), str(tmp_path / "out"), num_actors=1)),
+                             progress=False, worker=SlowLoadingWorker)
+    assert summary.images_ok == 2
+    assert "actor(s) 1 still loading the model after" in capfd.readouterr().err
+
+
+class SlowWorker(LabelWorker):
+    """A replica that takes seconds per shard, as a large shard on a slow model does."""
+
+    def process(self, shard, run_id):
+        time.sleep(3)
+        return super().process(shard, run_id)
+
+
+def test_a_line_comes_while_no_shard_finishes(tmp_path, monkeypatch, capfd):
+    write_files(tmp_path / "in", good_images(1))
+    monkeypatch.setattr(driver, "REPORT_EVERY", 1.0)
+    summary = driver.execute(driver.prepare(job(str(tmp_path / "in"), str(tmp_path / "out"), num_actors=1)),
+                             progress=False, worker=SlowWorker)
+    assert summary.images_ok == 1
+    assert "1 shard(s) in progress on 1 actor(s), 0 of 1 done, 0 waiting to be retried; no shard finished in the " \
+           "last 1 s" in capfd.readouterr().err

@@ -22,15 +22,17 @@ ONE_CPU_ACTORS = ["--model", "tiny", "--resolution", "128", "--cpus-per-actor", 
 
 @pytest.fixture
 def cluster(tmp_path):
-    """Start a cluster of one-CPU nodes with 80 MB object stores: `cluster(nodes)` returns its address and
-    the worker nodes' processes. Everything is stopped afterwards."""
+    """Start a cluster of nodes with one CPU, no GPU, 6 GiB of Ray memory (logical: as the shared test cluster,
+    the most an actor reserves by default, so CPUs limit the actors) and 80 MB object stores: `cluster(nodes)`
+    returns its address and the worker nodes' processes. Everything is stopped afterwards."""
     processes = []
 
     def start(nodes: int) -> tuple[str, list[subprocess.Popen]]:
-        head, address, _ = start_ray_head(Path(tempfile.mkdtemp(prefix="dsmulti-")), cpus=1, object_store_mb=80)
+        head, address, _ = start_ray_head(Path(tempfile.mkdtemp(prefix="dsmulti-")), cpus=1, gpus=0, memory_gib=6,
+                                          object_store_mb=80)
         processes.append(head)
-        workers = [start_ray_worker(address, tmp_path / f"worker-{i}.log", cpus=1, object_store_mb=80)
-                   for i in range(nodes - 1)]
+        workers = [start_ray_worker(address, tmp_path / f"worker-{i}.log", cpus=1, gpus=0, memory_gib=6,
+                                    object_store_mb=80) for i in range(nodes - 1)]
         processes.extend(workers)
         return address, workers
 

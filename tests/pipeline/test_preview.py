@@ -1,5 +1,7 @@
 """The output viewer's summary and sampling, on outputs written by the job's own writer."""
 
+from html.parser import HTMLParser
+
 import numpy as np
 import pytest
 import torch
@@ -51,6 +53,34 @@ def test_a_readable_photo_is_shown_under_its_mask(tmp_path):
     mask_alone = overview(output_with(tmp_path / "out2", [[labeled("a.png", f"file://{tmp_path}/b.png", 3)]]))
     difference = np.abs(np.asarray(item.picture, float) - np.asarray(mask_alone.shown[0].picture, float))
     assert difference.mean() > 10  # the photo shows through the colors
+
+
+class Elements(HTMLParser):
+    """Every start tag of a page with its attributes, as a browser's parser reads them."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str]]] = []
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def test_ids_with_markup_and_quotes_are_shown_as_text(tmp_path):
+    hostile = "<script>alert(\"x\")</script>' onerror='x"
+    photo(32, 24, seed=1).save(tmp_path / "a.png")
+    view = overview(output_with(tmp_path / "out", [[
+        labeled(hostile, f"file://{tmp_path}/a.png", 3),
+        Row.failed(f"<img src=x onerror=alert(1)>{hostile}", "x", "cannot decode image"),
+    ]]))
+    page = write_preview(view, tmp_path / "view").read_text()
+    tags = Elements(page).tags
+    assert "script" not in {tag for tag, _ in tags}
+    (image,) = [attributes for tag, attributes in tags if tag == "img"]
+    assert set(image) == {"src", "width", "height", "alt"}  # the quote did not end the alt attribute
+    assert image["alt"] == f"{hostile}: 3 segment(s)"
+    assert "&lt;script&gt;" in page and "&lt;img src=x onerror=alert(1)&gt;" in page
 
 
 def test_histogram_and_reasons():

@@ -29,11 +29,16 @@ def test_a_shard_becomes_one_file_with_a_row_per_image(worker_dirs, tiny):
     settings = WorkerSettings(model="tiny", config=FAST, batch_size=2, max_pixels=BOMB_LIMIT)
     worker = LabelWorker(settings, Placement(source, output))
     in_process = DiffSeg(tiny.model, FAST)
-    [shard] = plan(source)
+    [shard] = plan(source).shards
     report = worker.process(shard, run_id="run-1")
     assert (report["images_ok"], report["images_failed"]) == (5, len(bad_images()))
     table = read_output(str(out))
     assert [row["image_id"] for row in table] == [f.key for f in shard.files]
+    # The worker batches the shard's decodable images in order, 2 of one processing size together: the same batches
+    # here run the same forwards row for row, hence exactly the same masks. (An image at another row of a batch may
+    # round differently on some BLAS kernels.)
+    good = [row["image_id"] for row in table if row["status"] == "ok"]
+    expected = dict(zip(good, in_process.segment([folder / key for key in good], batch_size=2)))
     for row in table:
         if row["image_id"].startswith("bad-"):
             assert row["status"] == "error" and row["mask"] is None
@@ -45,8 +50,7 @@ def test_a_shard_becomes_one_file_with_a_row_per_image(worker_dirs, tiny):
         assert mask.shape == (original.height, original.width) == (row["height"], row["width"])
         assert row["num_segments"] == len(np.unique(mask)) == len(row["segments"])
         assert row["segments"] == [{"id": r.id, "area": r.area, "bbox": list(r.bbox)} for r in regions(mask)]
-        labels = in_process.segment([folder / row["image_id"]], batch_size=2)[0].numpy()  # same padded batch
-        assert np.array_equal(mask, labels)
+        assert np.array_equal(mask, expected[row["image_id"]].numpy())
 
 
 def test_provenance_names_model_settings_software_and_input(worker_dirs):

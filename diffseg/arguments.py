@@ -1,0 +1,57 @@
+"""Command-line pieces shared by every command (`python -m diffseg`, `jobs/`): one-line flag errors and the
+algorithm flags. Importing this module does not import torch, so `--help` and flag errors answer at once."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+from .config import CROP_MODES, METHODS, DiffSegConfig
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad flags are one line on stderr and exit status 2 (argparse would print the usage first)."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def add_algorithm_arguments(parser: argparse.ArgumentParser, methods: Sequence[str] = METHODS,
+                            crop: str = DiffSegConfig.crop,
+                            kl_threshold: float | None = DiffSegConfig.kl_threshold) -> None:
+    """The `DiffSegConfig` flags shared by every command line (`config_from_args` reads them back).
+
+    `crop` and `kl_threshold` are the command's defaults; `kl_threshold=None` leaves the threshold to the
+    command (which must say how it chooses it)."""
+    parser.add_argument("--method", choices=methods, default=DiffSegConfig.method,
+                        help="diffseg (the paper's method, default) or a K-Means baseline on the same attention")
+    parser.add_argument("--kl-threshold", type=parse_thresholds, default=kl_threshold,
+                        help="merge threshold, or one per pass comma-separated (default "
+                             + (f"{kl_threshold:g})" if kl_threshold is not None else "set by the command, see above)"))
+    parser.add_argument("--num-points", type=int, default=DiffSegConfig.num_points,
+                        help="anchor grid side (default 16)")
+    parser.add_argument("--num-clusters", type=int, default=DiffSegConfig.num_clusters,
+                        help="K of --method kmeans-c (default 6)")
+    parser.add_argument("--timestep", type=int, default=DiffSegConfig.timestep, help="default 300")
+    parser.add_argument("--resolution", type=int, default=DiffSegConfig.resolution,
+                        help="processing size of the longer side, a multiple of 64 (default 512)")
+    parser.add_argument("--crop", choices=CROP_MODES, default=crop,
+                        help=f"none: whole image; center: the paper's square crop (default {crop})")
+    parser.add_argument("--refine", action="store_true", help="K-Means refinement of the merged segments")
+
+
+def config_from_args(args: argparse.Namespace, **overrides: Any) -> DiffSegConfig:
+    """The `DiffSegConfig` of flags added by `add_algorithm_arguments`; raises `ValueError` on a bad value."""
+    settings = dict(method=args.method, kl_threshold=args.kl_threshold, num_points=args.num_points,
+                    num_clusters=args.num_clusters, timestep=args.timestep, resolution=args.resolution,
+                    crop=args.crop, refine=args.refine)
+    return DiffSegConfig(**{**settings, **overrides})
+
+
+def parse_thresholds(text: str) -> float | tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or comma-separated numbers: {text!r}") from None
+    return values[0] if len(values) == 1 else values

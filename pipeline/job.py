@@ -1,0 +1,51 @@
+"""`LabelJob`: everything that defines a labeling run, as the command line gives it. Light to import (no Ray,
+no torch), so the command line checks its flags before the heavy imports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from diffseg.config import DiffSegConfig
+from diffseg.defaults import DEFAULT_MODEL, MAX_PIXELS
+
+from .sources import ParquetColumns
+
+
+@dataclass(frozen=True)
+class LabelJob:
+    """Everything that defines a labeling run."""
+
+    input: str
+    """fsspec URL of the input: a folder of images, of WebDataset `.tar` shards, or of Parquet files."""
+    output: str
+    """fsspec URL of the output folder (see `pipeline.output`)."""
+    model: str = DEFAULT_MODEL
+    revision: str | None = None
+    config: DiffSegConfig = field(default_factory=DiffSegConfig)
+    input_format: str = "auto"
+    """"auto", "images", "tar" or "parquet"."""
+    shard_size: int = 1000
+    """Images per shard for image-folder inputs."""
+    columns: ParquetColumns = field(default_factory=ParquetColumns)
+    num_actors: int | None = None
+    """Model replicas; None: one per GPU (per `gpus_per_actor`), or one per node without GPUs."""
+    gpus_per_actor: float | None = None
+    """None: 1 when the cluster has GPUs, else 0 (CPU)."""
+    cpus_per_actor: float | None = None
+    """None: 2 for GPU actors; the CPUs of the smallest node for CPU actors."""
+    memory_per_actor: float | None = None
+    """Bytes of host memory each actor reserves; None: `capacity.ACTOR_MEMORY`."""
+    batch_size: int = 1
+    dtype: str | None = None
+    max_pixels: int = MAX_PIXELS
+    max_retries: int = 5
+    """Further attempts for a shard whose attempt failed (actor died, storage error) before giving up."""
+    retry_delay: float = 5.0
+    """Seconds before a failed shard's first retry; each further retry waits twice as long (at most
+    `MAX_RETRY_DELAY`), so an object store that is down for a minute costs retries, not shards."""
+    startup_timeout: float = 0.0
+    """Seconds to wait for the cluster to host the actors. 0: the cluster must have the resources now (the job
+    is refused otherwise); more: an autoscaling cluster may add the nodes first (actor requests are what make
+    it scale up), and the job is refused if they are not there in time."""
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
