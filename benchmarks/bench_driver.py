@@ -40,12 +40,12 @@ class NoopSegmenter:
     def prepare(self, data: bytes, name: str | None = None) -> PreparedImage:
         return PreparedImage(name or "", torch.zeros(3, 64, 64), (8, 8), (8, 8))
 
-    def segment_prepared(self, images: list[PreparedImage], batch_size: int = 1) -> list[torch.Tensor]:
+    def segment_batch(self, images: list[PreparedImage], batch_size: int = 1) -> list[torch.Tensor]:
         return [torch.zeros(image.mask_size, dtype=torch.int64) for image in images]
 
 
 class NoopWorker(LabelWorker):
-    def _load(self) -> NoopSegmenter:
+    def build_segmenter(self) -> NoopSegmenter:
         return NoopSegmenter()
 
 

@@ -31,8 +31,8 @@ from diffseg.metrics import Evaluation  # noqa: E402
 from diffseg.preprocess import prepare_label  # noqa: E402
 from pipeline.datasets import open_dataset  # noqa: E402
 from pipeline.evaluation import score_model, variants  # noqa: E402
-from tests.diffseg.planted import planted_attention, random_partition  # noqa: E402
-from tests.pipeline.labeled import coco_stuff  # noqa: E402
+from synthetic.attention import planted_attention, random_partition  # noqa: E402
+from synthetic.datasets import coco_stuff  # noqa: E402
 
 
 def blocks(rng: np.random.Generator, values: int, cells: int, side: int = 512) -> np.ndarray:

@@ -1,7 +1,8 @@
 """DiffSeg: zero-shot segmentation from Stable Diffusion self-attention (Tian et al., CVPR 2024).
 
 Public API: `DiffSeg` (the segmenter), `DiffSegConfig` (its settings), `segment_from_attention` (the
-post-processing on captured attention), `load_model` and `ModelLoadError`.
+post-processing on captured attention), `stream` (segmenting a stream of images in order, batched) and its
+`Outcome`, `ImageError` (an image that cannot be used), `load_model` and `ModelLoadError`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _PUBLIC = {"DEFAULT_MODEL": ".defaults", "DiffSeg": ".segmenter", "DiffSegConfig": ".config",
-           "ModelLoadError": ".model", "load_model": ".model", "segment_from_attention": ".segment"}
+           "ImageError": ".preprocess", "ModelLoadError": ".model", "Outcome": ".streaming",
+           "load_model": ".model", "segment_from_attention": ".segment", "stream": ".streaming"}
 """Where each public name lives. They are imported on first use, so that light modules (`diffseg.arguments`,
 `diffseg.defaults`) and the command lines' `--help` do not pay for importing torch."""
 

@@ -6,18 +6,19 @@ import argparse
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from .arguments import OneLineParser, add_algorithm_arguments, config_from_args
-from .batching import batches
 from .defaults import DEFAULT_MODEL, IMAGE_SUFFIXES, MAX_PIXELS
 from .filenames import FileNames
 from .model import DTYPES, ModelLoadError
-from .preprocess import PreparedImage
+from .preprocess import ImageError, PreparedImage
 from .segmenter import DiffSeg
+from .streaming import stream
 from .visualize import label_image, overlay, to_image
 
 SUFFIXES = (".mask.png", ".overlay.png")
@@ -76,31 +77,31 @@ def _inputs(paths: Sequence[str]) -> Iterator[tuple[Path, str]]:
 
 
 def _run(segmenter: DiffSeg, jobs: list[tuple[Path, str]], out: Path, batch_size: int) -> int:
-    """Segment and save every job; images wait for a full batch of their processing size, so only the last
-    batch of each size is short."""
+    """Segment and save every job, reporting bad images as skipped, in input order; images are batched by
+    processing size (`stream`)."""
     skipped = 0
     names = FileNames(out, SUFFIXES)
     targets = [names.claim(name) for name in _unique_names(jobs)]
-
-    def prepared() -> Iterator[tuple[PreparedImage, Path]]:
-        nonlocal skipped
-        for (file, _), target in zip(jobs, targets):
-            try:
-                yield segmenter.prepare(file), target
-            except ValueError as error:
-                skipped += 1
-                progress.write(f"skipped {error}", file=sys.stderr)
-                progress.update()
-
+    prepared = ((target, _prepared(segmenter, file)) for (file, _), target in zip(jobs, targets))
     with tqdm(total=len(jobs), unit="img", file=sys.stderr) as progress:
-        for batch in batches(prepared(), lambda item: item[0].pixels.shape, batch_size):
-            labels = segmenter.segment_prepared([image for image, _ in batch], batch_size)
-            for (image, target), mask in zip(batch, labels):
-                _save(target, image, mask)
-            progress.update(len(batch))
+        for outcome in stream(prepared, partial(segmenter.segment_batch, batch_size=batch_size), batch_size):
+            if outcome.error is not None:
+                skipped += 1
+                progress.write(f"skipped {outcome.error}", file=sys.stderr)
+            else:
+                _save(outcome.key, outcome.image, outcome.output)
+            progress.update()
     renamed = f"; {names.renamed} image(s) named NAME~N so as not to overwrite another's" if names.renamed else ""
     print(f"segmented {len(jobs) - skipped} image(s), skipped {skipped}; masks in {out}{renamed}", file=sys.stderr)
     return 1 if skipped else 0
+
+
+def _prepared(segmenter: DiffSeg, file: Path) -> PreparedImage | ImageError:
+    """The file prepared for `segmenter`, or why it cannot be."""
+    try:
+        return segmenter.prepare(file)
+    except ImageError as error:
+        return error
 
 
 def _unique_names(jobs: list[tuple[Path, str]]) -> list[str]:

@@ -70,11 +70,14 @@ def merge(attention: torch.Tensor, grid: tuple[int, int], num_points: int,
     members = members.to(attention.dtype)
     proposals = (members @ attention) / members.sum(dim=1, keepdim=True)
     for threshold in thresholds[1:]:
-        proposals = _merge_pass(proposals, threshold)
+        proposals = merge_pass(proposals, threshold)
     return proposals
 
 
-def _merge_pass(proposals: torch.Tensor, threshold: float) -> torch.Tensor:
+def merge_pass(proposals: torch.Tensor, threshold: float) -> torch.Tensor:
+    """One later merging pass over `(K, N)` proposals (key distributions): walk them in order; one already
+    matched is skipped; otherwise it and every proposal within `threshold` of it (matched ones included) are
+    marked matched and replaced by their mean. Returns the `(K', N)` means, K' <= K, in the order emitted."""
     close = (symmetric_kl(proposals, proposals) < threshold).cpu()
     matched = torch.zeros(len(proposals), dtype=torch.bool)
     groups = []

@@ -30,6 +30,26 @@ _SIXTEEN_BIT = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 _CONVERTIBLE = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr") + _SIXTEEN_BIT
 
 
+class ImageError(ValueError):
+    """An image that cannot be used: it cannot be read or decoded, is animated, has an unsupported mode, is too
+    small or too large, or (`prepare_label`) its label does not fit it. `str()` is "NAME: reason", or the reason
+    alone for an image without a name."""
+
+    def __init__(self, name: str | None, reason: str) -> None:
+        """
+        Args:
+            name: how the caller refers to the image (its path, or the name given); None if it has none.
+            reason: why it cannot be used, one line, without the name (what error rows and reports show).
+        """
+        super().__init__(reason if name is None else f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[ImageError], tuple[str | None, str]]:
+        # Rebuilt from both attributes: the default would pass only the message (e.g. across Ray processes).
+        return type(self), (self.name, self.reason)
+
+
 @dataclass
 class PreparedImage:
     """One image ready for the model."""
@@ -55,14 +75,14 @@ def prepare(image: ImageInput, config: DiffSegConfig, name: str | None = None,
     kept, mask at the original size. `crop="center"`: the central square resized to resolution x resolution.
 
     Raises:
-        ValueError: naming the image, if it cannot be decoded, is animated, has an unsupported mode, a side
+        ImageError: named `name`, if the image cannot be decoded, is animated, has an unsupported mode, a side
             under `MIN_SIDE` pixels or more than `max_pixels` pixels.
     """
     name = name or (str(image) if isinstance(image, (str, os.PathLike)) else "<image>")
     try:
         rgb, (width, height), orientation = _decode(image, max_pixels, draft=config.resolution)
-    except ValueError as error:
-        raise ValueError(f"{name}: {error}") from None
+    except ImageError as error:
+        raise ImageError(name, error.reason) from None
     if config.crop == "center":
         mask_size = (config.resolution, config.resolution)
         rgb = _central_square(rgb, width, height, config.resolution)
@@ -83,7 +103,7 @@ def labeled_view(image: ImageInput, config: DiffSegConfig, max_pixels: int = MAX
     the central square resized (bilinear) to resolution x resolution, else the whole image at its size.
 
     Raises:
-        ValueError: as `prepare`, without naming the image.
+        ImageError: as `prepare`, without a name.
     """
     rgb, (width, height), _ = _decode(image, max_pixels, draft=None)
     return _central_square(rgb, width, height, config.resolution) if config.crop == "center" else rgb
@@ -96,15 +116,15 @@ def prepare_label(label: np.ndarray, image: PreparedImage) -> np.ndarray:
     image's label map.
 
     Raises:
-        ValueError: the label's size is not the image's.
+        ImageError: named as the image, if the label's size is not the image's.
     """
     labels = Image.fromarray(np.asarray(label, dtype=np.int32))
     if image.orientation in _TRANSPOSE:
         labels = labels.transpose(_TRANSPOSE[image.orientation])
     height, width = image.original_size
     if labels.size != (width, height):
-        raise ValueError(f"{image.name}: label of {labels.width}x{labels.height} pixels does not fit an image of "
-                         f"{width}x{height} pixels")
+        raise ImageError(image.name, f"label of {labels.width}x{labels.height} pixels does not fit an image of "
+                                     f"{width}x{height} pixels")
     if image.mask_size != image.original_size:
         left, top, side = center_square(width, height)
         labels = labels.resize(image.mask_size[::-1], Image.Resampling.NEAREST,
@@ -138,7 +158,7 @@ def _decode(image: ImageInput, max_pixels: int, draft: int | None) -> tuple[Imag
     `draft`, a JPEG decoder may scale the pixels down while keeping both sides at least `draft`.
 
     Raises:
-        ValueError: why the image cannot be used (without naming it).
+        ImageError: why the image cannot be used, without a name.
     """
     try:
         if isinstance(image, Image.Image):
@@ -153,7 +173,9 @@ def _decode(image: ImageInput, max_pixels: int, draft: int | None) -> tuple[Imag
         with opened:
             return _read(opened, max_pixels, draft)
     except (OSError, SyntaxError, Image.DecompressionBombError, EOFError) as error:
-        raise ValueError(f"cannot decode image ({error})") from None
+        raise ImageError(None, f"cannot decode image ({error})") from None
+    except ValueError as error:  # `_read`'s refusals, and decoders' own (a PNG text chunk too large, say)
+        raise ImageError(None, str(error)) from None
 
 
 def _read(opened: Image.Image, max_pixels: int, draft: int | None) -> tuple[Image.Image, tuple[int, int], int]:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
 
 from .attention import SelfAttentionCapture
-from .batching import batches
 from .config import DiffSegConfig
 from .defaults import DEFAULT_MODEL, MAX_PIXELS
 from .model import LoadedModel, load_model
 from .preprocess import ImageInput, PreparedImage, prepare
 from .segment import segment_from_attention
+from .streaming import stream
 
 
 class DiffSeg:
@@ -70,37 +71,41 @@ class DiffSeg:
                 "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
 
     def prepare(self, image: ImageInput, name: str | None = None) -> PreparedImage:
-        """Decode and resize one image for this segmenter; raises `ValueError` naming a bad image."""
+        """Decode and resize one image for this segmenter; raises `ImageError` naming a bad image."""
         return prepare(image, self.config, name=name, max_pixels=self.max_pixels)
 
     def segment(self, images: Iterable[ImageInput], batch_size: int = 1) -> list[torch.Tensor]:
         """Label maps `(H, W)` int64 (on CPU) for each image, at its original size (crop="none") or
-        resolution x resolution (crop="center"). Raises `ValueError` naming the first bad image."""
+        resolution x resolution (crop="center"). Raises `ImageError` naming the first bad image."""
         return self.segment_prepared([self.prepare(image) for image in images], batch_size)
 
     def segment_prepared(self, images: Sequence[PreparedImage], batch_size: int = 1) -> list[torch.Tensor]:
-        """Like `segment`, for images already prepared (batched as `attention_prepared` does)."""
-        results: list[torch.Tensor | None] = [None] * len(images)
-        for i, maps in self.attention_prepared(images, batch_size):
-            results[i] = segment_from_attention(maps, self.config, images[i].mask_size).cpu()
-        return results
+        """Like `segment`, for images already prepared: batched by processing size (`stream`), and since they
+        are all in memory anyway, no batch runs short before the end."""
+        outcomes = stream(enumerate(images), partial(self.segment_batch, batch_size=batch_size), batch_size,
+                          window=max(1, len(images)))
+        return [outcome.output for outcome in outcomes]
 
-    def attention_prepared(self, images: Sequence[PreparedImage], batch_size: int = 1
-                           ) -> Iterator[tuple[int, list[torch.Tensor]]]:
-        """`(index, maps)` for every prepared image: its per-resolution attention `(h, w, h, w)` (fp32, finest
-        first), in batch order, ready for `segment_from_attention` with any settings.
+    def segment_batch(self, images: Sequence[PreparedImage], batch_size: int) -> list[torch.Tensor]:
+        """Label maps (as `segment`) of 1 to `batch_size` images of one processing size, from one forward (see
+        `attention_batch`)."""
+        return [segment_from_attention(maps, self.config, image.mask_size).cpu()
+                for image, maps in zip(images, self.attention_batch(images, batch_size))]
 
-        Images are batched only with images of the same processing size, and a short batch is padded with
-        copies of its last image: every forward then has the same shape, so the vendor kernels chosen (and
-        their rounding) are the same, and an image's attention does not depend on the other images in its
-        batch. At another row of the batch, or with another `batch_size`, some BLAS kernels round differently
-        (a few ulps), which can flip a label only where two choices nearly tie.
+    def attention_batch(self, images: Sequence[PreparedImage], batch_size: int) -> list[list[torch.Tensor]]:
+        """Per image of 1 to `batch_size` images of one processing size, from one forward: its per-resolution
+        attention `(h, w, h, w)` (fp32, finest first, on the model's device), ready for
+        `segment_from_attention` with any settings.
+
+        The batch is padded to `batch_size` with copies of its last image: every forward then has the same
+        shape, so the vendor kernels chosen (and their rounding) are the same, and an image's attention does
+        not depend on the other images in its batch. At another row of the batch, or with another
+        `batch_size`, some BLAS kernels round differently (a few ulps), which can flip a label only where two
+        choices nearly tie.
         """
-        for indices in batches(range(len(images)), lambda i: images[i].pixels.shape, batch_size):
-            padded = indices + [indices[-1]] * (batch_size - len(indices))
-            maps = self.attention(torch.stack([images[i].pixels for i in padded]))
-            for row, i in enumerate(indices):
-                yield i, [m[row] for m in maps]
+        padded = [*images, *[images[-1]] * (batch_size - len(images))]
+        maps = self.attention(torch.stack([image.pixels for image in padded]))
+        return [[m[row] for m in maps] for row in range(len(images))]
 
     @torch.inference_mode()
     def attention(self, pixels: torch.Tensor) -> list[torch.Tensor]:

@@ -15,7 +15,6 @@ Exit status: 0 done, 2 bad arguments or unreadable output.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 from collections.abc import Sequence
@@ -24,16 +23,13 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-import numpy as np  # noqa: E402
-import pyarrow.dataset as ds  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from diffseg.arguments import OneLineParser  # noqa: E402
 from diffseg.config import DiffSegConfig  # noqa: E402
 from diffseg.filenames import FileNames  # noqa: E402
 from diffseg.visualize import colorize, overlay  # noqa: E402
-from pipeline.output import manifest_config, read_manifest  # noqa: E402
+from pipeline.output import OutputDataset, decode_mask, manifest_config  # noqa: E402
 from pipeline.photos import labeled_photo  # noqa: E402
 from pipeline.sources import ParquetColumns  # noqa: E402
 from pipeline.storage import Location, StorageError, parse_storage_options  # noqa: E402
@@ -52,16 +48,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     exported, without_photo = 0, []
     try:
         output = Location(args.output, parse_storage_options(args.storage_options))
-        manifest = read_manifest(output)
+        dataset = OutputDataset(output)
+        manifest = dataset.manifest()
         config, columns = manifest_config(manifest), ParquetColumns(**manifest.get("columns") or {})
-        dataset = ds.dataset(output.root, format="parquet", filesystem=output.fs)
-        for batch in dataset.to_batches(columns=["image_id", "source_uri", "mask", "status"], batch_size=16):
-            for row in batch.to_pylist():
-                if row["status"] == "ok":
-                    reason = _export(row, names.claim(row["image_id"]), config, output.storage_options, columns)
-                    exported += 1
-                    if reason:
-                        without_photo.append(f"{row['image_id']}: {reason}")
+        for row in dataset.rows(["image_id", "source_uri", "mask", "status"], batch_size=16):
+            if row["status"] == "ok":
+                reason = _export(row, names.claim(row["image_id"]), config, output.storage_options, columns)
+                exported += 1
+                if reason:
+                    without_photo.append(f"{row['image_id']}: {reason}")
     except (StorageError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -83,7 +78,7 @@ def _export(row: dict[str, Any], target: Path, config: DiffSegConfig, storage_op
     target.parent.mkdir(parents=True, exist_ok=True)
     mask_file, overlay_file = (target.with_name(target.name + suffix) for suffix in SUFFIXES)
     mask_file.write_bytes(row["mask"])
-    labels = torch.from_numpy(np.asarray(Image.open(io.BytesIO(row["mask"]))).astype(np.int64))
+    labels = torch.from_numpy(decode_mask(row["mask"]))
     try:
         photo = labeled_photo(row["source_uri"], tuple(labels.shape), config, storage_options, columns)
     except ValueError as error:

@@ -26,22 +26,21 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+import torch
 from PIL import Image
 from tqdm import tqdm
 
-from diffseg import DiffSeg, DiffSegConfig, segment_from_attention
-from diffseg.batching import batches
+from diffseg import DiffSeg, DiffSegConfig, ImageError, segment_from_attention, stream
 from diffseg.metrics import Evaluation, ImageScore
 from diffseg.preprocess import PreparedImage, prepare, prepare_label
 from diffseg.visualize import to_image
 
 from .datasets import Example, LabeledDataset, join_key
-from .output import manifest_config, read_manifest
+from .output import OutputDataset, decode_mask, manifest_config
 from .pages import display_size, resize_nearest, spread
 from .prefetch import prefetch
-from .storage import Location, StorageError
+from .storage import Location
 
 METHODS = ("diffseg", "kmeans-c", "kmeans-s")
 """Methods a model can be scored with: K-Means-S takes K = the classes present in each image's ground truth."""
@@ -215,43 +214,46 @@ def score_model(segmenter: DiffSeg, dataset: LabeledDataset, scored: Sequence[Va
     report = Report(dataset.name, dataset.class_names, protocol, source=segmenter.info)
     scorer = _Scorer(report, [v.name for v in scored], dataset.num_classes, examples, samples)
 
-    def load() -> Iterator[_Loaded]:
+    def load() -> Iterator[tuple[_Loaded, PreparedImage | ImageError]]:
         for index, example in enumerate(examples):
             loaded = _Loaded(index, example)
             try:
                 loaded.image = segmenter.prepare(dataset.read_image(example), name=example.image_id)
                 loaded.label = prepare_label(dataset.read_label(example), loaded.image)
-            except (ValueError, OSError) as error:
-                loaded.error = str(error).removeprefix(f"{example.image_id}: ")
-            yield loaded
-
-    def run(batch: list[_Loaded]) -> None:
-        forward = time.perf_counter()
-        attention = list(segmenter.attention_prepared([item.image for item in batch], batch_size))
-        forward = time.perf_counter() - forward
-        for index, maps in attention:
-            item = batch[index]
-            classes = int(np.unique(item.label[item.label >= 0]).size)
-            scorer.start(item.index, item.example, lambda: to_image(item.image.pixels), item.label)
-            for variant in scored:
-                begun = time.perf_counter()
-                labels = segment_from_attention(maps, variant.config_for(classes), item.image.mask_size).cpu()
-                scorer.seconds[variant.name] += time.perf_counter() - begun + forward / len(batch)
-                scorer.score(item.example, variant.name, labels.numpy(), item.label)
-        bar.update(len(batch))
-
-    def loaded() -> Iterator[_Loaded]:
-        for item in prefetch(load, depth=4 * batch_size):
-            if item.error is None:
-                yield item
+            except ImageError as error:
+                yield loaded, error
+            except (ValueError, OSError) as error:  # the dataset's files: unreadable, or a label that is not one
+                yield loaded, ImageError(example.image_id, str(error))
             else:
-                scorer.start(item.index, item.example, None, None)
-                scorer.fail(item.example, item.error)
-                bar.update()
+                yield loaded, loaded.image
 
+    def forward(images: list[PreparedImage]) -> list[tuple[list[torch.Tensor], float]]:
+        """Each image's attention maps, and its share of the forward's seconds."""
+        begun = time.perf_counter()
+        attention = segmenter.attention_batch(images, batch_size)
+        share = (time.perf_counter() - begun) / len(images)
+        return [(maps, share) for maps in attention]
+
+    def run(item: _Loaded, maps: list[torch.Tensor], forward_seconds: float) -> None:
+        classes = int(np.unique(item.label[item.label >= 0]).size)
+        scorer.start(item.index, item.example, lambda: to_image(item.image.pixels), item.label)
+        for variant in scored:
+            begun = time.perf_counter()
+            labels = segment_from_attention(maps, variant.config_for(classes), item.image.mask_size).cpu()
+            scorer.seconds[variant.name] += time.perf_counter() - begun + forward_seconds
+            scorer.score(item.example, variant.name, labels.numpy(), item.label)
+
+    # Attention maps are large (some 70 MB an image at resolution 512) and stay on the model's device: a short
+    # window keeps few waiting behind an image of a rarer size.
+    outcomes = stream(prefetch(load, depth=4 * batch_size), forward, batch_size, window=4 * batch_size)
     with _bar(len(examples), progress) as bar:
-        for batch in batches(loaded(), lambda item: item.image.pixels.shape, batch_size):
-            run(batch)
+        for outcome in outcomes:
+            if outcome.error is not None:
+                scorer.start(outcome.key.index, outcome.key.example, None, None)
+                scorer.fail(outcome.key.example, outcome.error.reason)
+            else:
+                run(outcome.key, *outcome.output)
+            bar.update()
     return scorer.finish(started)
 
 
@@ -264,13 +266,14 @@ def score_predictions(output: Location, dataset: LabeledDataset, limit: int | No
     ground truth is given too. Images without a mask, or whose mask is an error row, count as failed.
 
     Raises:
-        StorageError: `output` is not a labeling job's output.
+        StorageError: `output` is not a labeling job's output, or its masks cannot be read.
     """
     started = time.perf_counter()
-    manifest = read_manifest(output)
+    predictions = OutputDataset(output)
+    manifest = predictions.manifest()
     config = manifest_config(manifest)
     examples = dataset.examples[:limit]
-    masks = _masks(output, [example.key for example in examples])
+    masks = _masks(predictions, [example.key for example in examples])
     name = f"{config.method} (predictions)"
     source = {"predictions": output.uri(""), "model": manifest.get("model"), "config": manifest.get("config")}
     report = Report(dataset.name, dataset.class_names, protocol, source=source)
@@ -287,7 +290,7 @@ def score_predictions(output: Location, dataset: LabeledDataset, limit: int | No
                     raise ValueError(f"the labeling job could not label it: {row['error']}")
                 loaded.image = prepare(dataset.read_image(example), config, name=example.image_id)
                 loaded.label = prepare_label(dataset.read_label(example), loaded.image)
-                loaded.prediction = np.asarray(Image.open(io.BytesIO(row["mask"])), dtype=np.int64)
+                loaded.prediction = decode_mask(row["mask"])
                 if loaded.prediction.shape != loaded.label.shape:
                     raise ValueError(f"mask is {loaded.prediction.shape[1]}x{loaded.prediction.shape[0]} pixels, "
                                      f"the ground truth {loaded.label.shape[1]}x{loaded.label.shape[0]}")
@@ -308,24 +311,16 @@ def score_predictions(output: Location, dataset: LabeledDataset, limit: int | No
     return scorer.finish(started)
 
 
-def _masks(output: Location, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+def _masks(output: OutputDataset, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
     """The output's rows (mask, status, error) for the join keys wanted: ids are read first, then only the
     rows needed."""
-    try:
-        dataset = ds.dataset(output.root, format="parquet", filesystem=output.fs)
-        ids = dataset.to_table(columns=["image_id"]).column("image_id").to_pylist()
-    except (OSError, ValueError) as error:
-        raise StorageError(f"{output.url}: cannot read the masks ({error})") from None
     wanted = set(keys)
     positions: dict[str, int] = {}
-    for position, image_id in enumerate(ids):
+    for position, image_id in enumerate(output.column("image_id")):
         key = join_key(image_id)
         if key in wanted:
             positions.setdefault(key, position)
-    if not positions:
-        return {}
-    rows = dataset.take(list(positions.values()), columns=["mask", "status", "error"]).to_pylist()
-    return dict(zip(positions, rows))
+    return dict(zip(positions, output.take(list(positions.values()), ["mask", "status", "error"])))
 
 
 def _finite(value: float) -> float | None:

@@ -6,6 +6,10 @@ Layout under the output URL (names starting with `_` are bookkeeping that datase
                             keep their folder layout)
     _done/SHARD.json        written after SHARD.parquet is complete: the shard is finished
     _diffseg.json           the manifest: the settings every file here was made with
+
+This module is the format's one writer and one reader: `OutputDataset` writes shards and reads rows, the
+manifest and provenance back; `decode_mask` is the one decoder of a mask PNG (`diffseg.visualize.label_png`
+encodes it).
 """
 
 from __future__ import annotations
@@ -13,11 +17,15 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from PIL import Image
 
 from diffseg import DiffSegConfig
 
@@ -41,6 +49,9 @@ METADATA_KEY = "diffseg"
 """Parquet footer key holding the JSON provenance of a mask file."""
 MANIFEST = "_diffseg.json"
 DONE = "_done"
+FILE = "__filename"
+"""Not a column of the files: asked for among the columns of `OutputDataset.rows` or `.take`, the mask file the
+row is in, relative to the output (what `OutputDataset.provenance` takes)."""
 
 
 class OutputConflict(RuntimeError):
@@ -75,24 +86,14 @@ def encode_shard(rows: list[Row], provenance: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def read_provenance(location: Location, relative: str) -> dict[str, Any]:
-    """The provenance stored in the footer of the mask file at `relative`."""
-    with location.fs.open(location.path(relative), "rb") as file:
-        return json.loads(pq.read_metadata(file).metadata[METADATA_KEY.encode()])
-
-
-def read_manifest(location: Location) -> dict[str, Any]:
-    """The manifest of the mask dataset at `location`.
+def decode_mask(png: bytes) -> np.ndarray:
+    """The `(H, W)` int64 label map of a row's `mask` (an 8-bit or 16-bit PNG).
 
     Raises:
-        StorageError: there is none (not a labeling job's output), or it cannot be read.
+        OSError: `png` is not an image.
     """
-    try:
-        return json.loads(location.read(MANIFEST))
-    except FileNotFoundError:
-        raise StorageError(f"{location.url}: not a labeling job's output (no {MANIFEST})") from None
-    except (OSError, ValueError) as error:
-        raise StorageError(f"{location.url}: cannot read {MANIFEST} ({error})") from None
+    with Image.open(io.BytesIO(png)) as image:
+        return np.asarray(image, dtype=np.int64)
 
 
 def manifest_config(manifest: dict[str, Any]) -> DiffSegConfig:
@@ -103,9 +104,11 @@ def manifest_config(manifest: dict[str, Any]) -> DiffSegConfig:
 
 @dataclass
 class OutputDataset:
-    """The mask dataset under `location`: which shards are done, and writing new ones exactly once."""
+    """The mask dataset under `location`: which shards are done, writing new ones exactly once, and reading it
+    back. Reads see the mask files that were there when this object first read rows."""
 
     location: Location
+    _masks: ds.Dataset | None = field(default=None, init=False, repr=False, compare=False)
 
     def check(self, identity: dict[str, Any]) -> dict[str, Any] | None:
         """Compare `identity` with the manifest's, key by key; returns the manifest (None if there is none).
@@ -116,7 +119,7 @@ class OutputDataset:
         """
         if not self.location.exists(MANIFEST):
             return None
-        existing = json.loads(self.location.read(MANIFEST))
+        existing = self.manifest()
         changed = sorted(key for key in identity if existing.get(key) != identity[key])
         if changed:
             raise OutputConflict(
@@ -144,3 +147,81 @@ class OutputDataset:
                   "run_id": provenance.get("run_id"), "created": provenance.get("created")}
         self.location.write(f"{DONE}/{shard}.json", json.dumps(marker).encode())
         return marker
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest: the settings every mask file here was made with.
+
+        Raises:
+            StorageError: there is none (not a labeling job's output), or it cannot be read.
+        """
+        try:
+            return json.loads(self.location.read(MANIFEST))
+        except FileNotFoundError:
+            raise StorageError(f"{self.location.url}: not a labeling job's output (no {MANIFEST})") from None
+        except (OSError, ValueError) as error:
+            raise StorageError(f"{self.location.url}: cannot read {MANIFEST} ({error})") from None
+
+    def provenance(self, file: str) -> dict[str, Any]:
+        """The provenance in the footer of the mask file `file` (relative to the output, as `FILE` gives it).
+
+        Raises:
+            StorageError: the file or its footer cannot be read.
+        """
+        try:
+            with self.location.fs.open(self.location.path(file), "rb") as opened:
+                return json.loads(pq.read_metadata(opened).metadata[METADATA_KEY.encode()])
+        except (OSError, ValueError) as error:
+            raise StorageError(f"{self.location.url}: cannot read the provenance of {file} ({error})") from None
+
+    def column(self, name: str) -> list[Any]:
+        """Column `name` of every row, in the order `rows` gives them (a row's index is its position for `take`).
+
+        Raises:
+            StorageError: the mask files cannot be read.
+        """
+        try:
+            return self._dataset().to_table(columns=[name]).column(name).to_pylist()
+        except (OSError, ValueError) as error:
+            raise self._unreadable(error) from None
+
+    def rows(self, columns: Sequence[str], batch_size: int = 1024) -> Iterator[dict[str, Any]]:
+        """Every row as a dict of `columns` (`SCHEMA` names or `FILE`), in the output's order. Reads
+        `batch_size` rows at a time, so memory stays bounded: keep it small when reading `mask`.
+
+        Raises:
+            StorageError: the mask files cannot be read.
+        """
+        try:
+            for batch in self._dataset().to_batches(columns=list(columns), batch_size=batch_size):
+                yield from self._relative(batch.to_pylist())
+        except (OSError, ValueError) as error:
+            raise self._unreadable(error) from None
+
+    def take(self, positions: Sequence[int], columns: Sequence[str]) -> list[dict[str, Any]]:
+        """The rows at `positions` (indexes in the order of `rows`), in that order, as dicts of `columns`.
+
+        Raises:
+            StorageError: the mask files cannot be read.
+        """
+        try:
+            return self._relative(self._dataset().take(list(positions), columns=list(columns)).to_pylist())
+        except (OSError, ValueError) as error:
+            raise self._unreadable(error) from None
+
+    def _dataset(self) -> ds.Dataset:
+        """The mask files as one Arrow dataset, listed on first use (pyarrow skips the `_` bookkeeping)."""
+        if self._masks is None:
+            self.location.fs.invalidate_cache(self.location.root)  # jobs in other processes write here
+            self._masks = ds.dataset(self.location.root, format="parquet", filesystem=self.location.fs)
+        return self._masks
+
+    def _relative(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`rows` with their `FILE` (a filesystem path) made relative to the output."""
+        prefix = self.location.root + "/"
+        for row in rows:
+            if FILE in row:
+                row[FILE] = row[FILE].removeprefix(prefix)
+        return rows
+
+    def _unreadable(self, error: Exception) -> StorageError:
+        return StorageError(f"{self.location.url}: cannot read the masks ({error})")

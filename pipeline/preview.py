@@ -7,7 +7,6 @@ columns of every row, and only the sampled images' masks and photos are read.
 
 from __future__ import annotations
 
-import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,14 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.dataset as ds
 from PIL import Image
 
-from .output import manifest_config, read_manifest, read_provenance
+from .output import FILE, OutputDataset, decode_mask, manifest_config
 from .pages import display_size, failure_list, figure, overlay, resize_nearest, segment_colors, spread, text, write_page
 from .photos import labeled_photo
 from .sources import ParquetColumns
-from .storage import Location, StorageError
+from .storage import Location
 
 FAILED_LISTED = 200
 """Failed images named one by one (the reasons are counted over all of them)."""
@@ -64,33 +62,27 @@ def overview(output: Location, sample: int = 24) -> Overview:
     Raises:
         StorageError: `output` is not a labeling job's output, or its files cannot be read.
     """
-    manifest = read_manifest(output)
-    try:
-        dataset = ds.dataset(output.root, format="parquet", filesystem=output.fs)
-        table = dataset.to_table(columns=["image_id", "source_uri", "status", "error", "num_segments",
-                                          "__filename"]).to_pylist()
-    except (OSError, ValueError) as error:
-        raise StorageError(f"{output.url}: cannot read the masks ({error})") from None
-    result = Overview(output.uri(""), manifest, images=len(table))
+    dataset = OutputDataset(output)
+    manifest = dataset.manifest()
+    result = Overview(output.uri(""), manifest)
     ok = []
-    for position, row in enumerate(table):
+    for position, row in enumerate(dataset.rows(["image_id", "status", "error", "num_segments"])):
+        result.images += 1
         if row["status"] == "ok":
             ok.append(position)
             result.segments.append(row["num_segments"])
         else:
             result.failed.append((row["image_id"], row["error"]))
     picked = [ok[i] for i in spread(len(ok), sample)]
-    masks = dataset.take(picked, columns=["mask"]).column("mask").to_pylist() if picked else []
     config = manifest_config(manifest)
     provenance: dict[str, dict[str, Any]] = {}
     columns = ParquetColumns(**manifest.get("columns") or {})
-    for position, mask in zip(picked, masks):
-        row = table[position]
-        file = row["__filename"].removeprefix(output.root + "/")
+    for row in dataset.take(picked, ["image_id", "source_uri", "num_segments", "mask", FILE]):
+        file = row[FILE]
         if file not in provenance:
-            provenance[file] = {key: value for key, value in read_provenance(output, file).items()
+            provenance[file] = {key: value for key, value in dataset.provenance(file).items()
                                 if key in PROVENANCE_KEYS}
-        labels = np.asarray(Image.open(io.BytesIO(mask)), dtype=np.int64)
+        labels = decode_mask(row["mask"])
         picture, note = _picture(row["source_uri"], labels, config, output.storage_options, columns)
         result.shown.append(Shown(row["image_id"], row["source_uri"], row["num_segments"], picture, note,
                                   {**provenance[file], "file": file}))

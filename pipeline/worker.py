@@ -17,8 +17,7 @@ from typing import Any
 
 import torch
 
-from diffseg import DiffSeg, DiffSegConfig, ModelLoadError
-from diffseg.batching import batches
+from diffseg import DiffSeg, DiffSegConfig, ImageError, ModelLoadError, Outcome, stream
 from diffseg.model import DTYPES
 from diffseg.preprocess import MAX_PIXELS, PreparedImage
 from diffseg.regions import regions
@@ -83,13 +82,19 @@ class LabelWorker:
         """The model replica, loaded on first use (on the model thread, like all its work)."""
         with self._load_lock:
             if self._segmenter is None:
-                self._segmenter = self._model_thread.submit(self._load).result()
+                self._segmenter = self._model_thread.submit(self._build).result()
             return self._segmenter
 
-    def _load(self) -> DiffSeg:
+    def _build(self) -> DiffSeg:
+        if self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
+        return self.build_segmenter()
+
+    def build_segmenter(self) -> DiffSeg:
+        """The model replica of `settings`, built on the model thread. The seam for another model: a subclass
+        may return any object with `DiffSeg`'s `info`, `prepare` and `segment_batch` (the driver benchmark runs a
+        no-op one through the job's whole path)."""
         settings = self.settings
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
         return DiffSeg.from_pretrained(settings.model, config=settings.config, device=settings.device,
                                        dtype=DTYPES[settings.dtype] if settings.dtype else None,
                                        revision=settings.revision, max_pixels=settings.max_pixels)
@@ -102,43 +107,37 @@ class LabelWorker:
         read or written (the driver retries it).
         """
         segmenter = self.segmenter()
-        rows: dict[int, Row] = {}
+        size = self.settings.batch_size
 
-        def decoded() -> Iterator[tuple[int, Record, PreparedImage]]:
-            for index, record, prepared in prefetch(lambda: self._decoded(shard, segmenter),
-                                                     4 * self.settings.batch_size):
-                if prepared is None:
-                    rows[index] = Row.failed(record.image_id, record.source_uri, record.error or "unknown error")
-                else:
-                    yield index, record, prepared
+        def segment(images: list[PreparedImage]) -> list[torch.Tensor]:  # on the model thread (module docstring)
+            return self._model_thread.submit(segmenter.segment_batch, images, size).result()
 
-        for batch in batches(decoded(), lambda item: item[2].pixels.shape, self.settings.batch_size):
-            self._segment(batch, rows, segmenter)
-        ordered = [rows[index] for index in sorted(rows)]
+        decoded = prefetch(lambda: self._decoded(shard, segmenter), 4 * size)
+        rows = [_row(outcome) for outcome in stream(decoded, segment, size)]
         provenance = {**segmenter.info, **environment(), "run_id": run_id, "created": now(),
                       "batch_size": self.settings.batch_size,
                       "input": self.placement.source.uri(""), "shard": {"name": shard.name,
                                                                        **shard.identity(self.placement.source)}}
-        return self.output.write(shard.name, ordered, provenance)
+        return self.output.write(shard.name, rows, provenance)
 
-    def _decoded(self, shard: Shard, segmenter: DiffSeg) -> Iterator[tuple[int, Record, PreparedImage | None]]:
-        for index, record in enumerate(read(shard, self.placement.source, self.placement.columns)):
+    def _decoded(self, shard: Shard, segmenter: DiffSeg) -> Iterator[tuple[Record, PreparedImage | ImageError]]:
+        """The shard's records, each with its image prepared, or why it cannot be read or prepared."""
+        for record in read(shard, self.placement.source, self.placement.columns):
             if record.data is None:
-                yield index, record, None
+                yield record, ImageError(record.image_id, record.error or "unknown error")
                 continue
             try:
-                yield index, record, segmenter.prepare(record.data, name=record.image_id)
-            except ValueError as error:
-                reason = str(error).removeprefix(f"{record.image_id}: ")
-                yield index, Record(record.image_id, record.source_uri, None, reason), None
+                prepared: PreparedImage | ImageError = segmenter.prepare(record.data, name=record.image_id)
+            except ImageError as error:
+                prepared = error
+            yield record, prepared
 
-    def _segment(self, batch: list[tuple[int, Record, PreparedImage]], rows: dict[int, Row],
-                 segmenter: DiffSeg) -> None:
-        """Segment one batch into `rows`."""
-        images = [prepared for _, _, prepared in batch]
-        labels = self._model_thread.submit(segmenter.segment_prepared, images, self.settings.batch_size).result()
-        for (index, record, _), mask in zip(batch, labels):
-            found = regions(mask)
-            rows[index] = Row(record.image_id, record.source_uri, width=mask.shape[1], height=mask.shape[0],
-                              mask=label_png(mask), num_segments=len(found),
-                              segments=[{"id": r.id, "area": r.area, "bbox": list(r.bbox)} for r in found])
+
+def _row(outcome: Outcome[Record, torch.Tensor]) -> Row:
+    """The output row of one image: its mask and segments, or its error."""
+    record, mask = outcome.key, outcome.output
+    if outcome.error is not None:
+        return Row.failed(record.image_id, record.source_uri, outcome.error.reason)
+    found = regions(mask)
+    return Row(record.image_id, record.source_uri, width=mask.shape[1], height=mask.shape[0], mask=label_png(mask),
+               num_segments=len(found), segments=[{"id": r.id, "area": r.area, "bbox": list(r.bbox)} for r in found])

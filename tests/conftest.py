@@ -14,9 +14,7 @@ import tempfile  # noqa: E402
 import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from diffseg import DiffSeg, builtin  # noqa: E402
 from tests.cluster import start_moto, start_ray_head, stop  # noqa: E402
@@ -38,18 +36,6 @@ def tiny_folder(tmp_path_factory) -> Path:
     parts.text_encoder.save_pretrained(folder / "text_encoder")
     parts.tokenizer.save_pretrained(folder / "tokenizer")
     return folder
-
-
-def photo(width: int, height: int, seed: int = 0) -> Image.Image:
-    """A synthetic RGB image with a few flat colored regions and mild noise."""
-    rng = np.random.default_rng(seed)
-    ys, xs = np.mgrid[0:height, 0:width]
-    array = np.zeros((height, width, 3), dtype=np.float64)
-    for color, (cy, cx) in zip(rng.integers(0, 255, (4, 3)), rng.uniform(0, 1, (4, 2))):
-        inside = (ys / height - cy) ** 2 + (xs / width - cx) ** 2 < 0.08
-        array[inside] = color
-    array += rng.normal(0, 60, array.shape)
-    return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), mode="RGB")
 
 
 @pytest.fixture(scope="session")

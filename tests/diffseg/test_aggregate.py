@@ -1,7 +1,7 @@
 import torch
 
 from diffseg.aggregate import aggregate, resolution_weights
-from tests.diffseg.planted import planted_attention, random_partition
+from synthetic.attention import planted_attention, random_partition
 from tests.diffseg.rounding import U, gamma
 
 

@@ -4,7 +4,8 @@ import torch
 from diffseg import DiffSegConfig, segment_from_attention
 from diffseg.aggregate import aggregate
 from diffseg.baselines import kmeans_proposals
-from tests.diffseg.planted import matched_miou, planted_attention, random_partition
+from synthetic.attention import planted_attention, random_partition
+from tests.diffseg.planted import matched_miou
 
 
 def kmeans(k: int) -> DiffSegConfig:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import photo
+from synthetic.photos import photo
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = ["--device", "cpu"]

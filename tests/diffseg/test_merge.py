@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from diffseg.merge import _merge_pass, anchor_grid, merge, symmetric_kl
+from diffseg.merge import anchor_grid, merge, merge_pass, symmetric_kl
 from tests.diffseg.rounding import U, assert_within, gamma
 
 
@@ -82,6 +82,6 @@ def test_later_passes_walk_proposals_in_order():
     d = symmetric_kl(torch.stack([a, b, c]), torch.stack([a, b, c]))
     tau = float(d[0, 2]) + 1e-3
     assert d[0, 1] > tau and d[1, 2] < tau
-    merged = _merge_pass(torch.stack([a, b, c]), tau)
+    merged = merge_pass(torch.stack([a, b, c]), tau)
     # Each side: one rounding of a sum of two non-negatives (the 0-weighted row adds exact zeros), halved exactly.
     torch.testing.assert_close(merged, torch.stack([(a + c) / 2, (b + c) / 2]), rtol=2 * U, atol=0)

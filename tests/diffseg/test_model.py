@@ -9,7 +9,7 @@ import torch
 from huggingface_hub import constants
 
 from diffseg import DiffSeg, ModelLoadError
-from tests.conftest import photo
+from synthetic.photos import photo
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

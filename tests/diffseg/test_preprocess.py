@@ -1,6 +1,7 @@
 """Decoding and resizing real image files."""
 
 import io
+import pickle
 
 import numpy as np
 import pytest
@@ -8,9 +9,9 @@ import torch
 from PIL import Image, ImageOps
 
 from diffseg import DiffSegConfig
-from diffseg.preprocess import labeled_view, prepare, prepare_label, processing_size
+from diffseg.preprocess import ImageError, labeled_view, prepare, prepare_label, processing_size
 from diffseg.visualize import to_image
-from tests.conftest import photo
+from synthetic.photos import photo
 
 WHOLE, CENTER = DiffSegConfig(), DiffSegConfig(crop="center")
 
@@ -194,3 +195,21 @@ def test_animated_images_are_refused():
 def test_unsupported_modes_are_refused():
     with pytest.raises(ValueError, match="unsupported image mode F"):
         prepare(Image.new("F", (32, 32)), WHOLE)
+
+
+def test_an_unusable_image_raises_an_image_error_with_its_name_and_reason_apart():
+    with pytest.raises(ImageError) as refused:
+        prepare(encoded(Image.new("RGB", (1, 1)), "PNG"), WHOLE, name="one.png")
+    error = refused.value
+    assert (error.name, error.reason) == ("one.png", "image of 1x1 pixels is too small (each side needs 8 pixels)")
+    assert str(error) == f"one.png: {error.reason}"
+    again = pickle.loads(pickle.dumps(error))  # as it crosses processes
+    assert (type(again), again.name, again.reason) == (ImageError, error.name, error.reason)
+    with pytest.raises(ImageError) as unnamed:
+        labeled_view(b"not an image", WHOLE)
+    assert unnamed.value.name is None and str(unnamed.value) == unnamed.value.reason
+    image = prepare(photo(300, 100), WHOLE, name="wide.png")
+    with pytest.raises(ImageError) as misfit:
+        prepare_label(np.zeros((100, 100)), image)
+    assert (misfit.value.name, misfit.value.reason) == (
+        "wide.png", "label of 100x100 pixels does not fit an image of 300x100 pixels")

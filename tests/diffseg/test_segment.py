@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from diffseg import DiffSegConfig, segment_from_attention
-from tests.diffseg.planted import matched_miou, planted_attention, random_partition
+from synthetic.attention import planted_attention, random_partition
+from tests.diffseg.planted import matched_miou
 
 GRIDS = [(64, 64), (48, 64), (64, 40)]
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from diffseg import DiffSeg, DiffSegConfig
-from tests.conftest import photo
+from synthetic.photos import photo
 
 
 def test_masks_have_each_images_original_size(tiny, tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.pipeline.labeled import coco_stuff
+from synthetic.datasets import coco_stuff
 
 ROOT = Path(__file__).resolve().parents[2]
 EVALUATE, LABEL = str(ROOT / "jobs" / "evaluate.py"), str(ROOT / "jobs" / "label.py")

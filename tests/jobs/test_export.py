@@ -16,11 +16,11 @@ from PIL import Image, ImageOps
 from diffseg import DiffSegConfig
 from diffseg.preprocess import center_square
 from diffseg.visualize import colorize
-from pipeline.output import OutputDataset
+from pipeline.output import OutputDataset, decode_mask
 from pipeline.sources import plan
 from pipeline.storage import Location
 from pipeline.worker import LabelWorker, Placement, WorkerSettings
-from tests.conftest import photo
+from synthetic.photos import photo
 from tests.pipeline.data import encoded, good_images, parquet_bytes, read_output, write_files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,7 +72,7 @@ def as_labeled(data: bytes, crop: bool = False) -> Image.Image:
 def assert_photo_under_mask(overlay_file: Path, photo_shown: Image.Image) -> None:
     """The overlay is the photo and the colored mask next to it blended half and half (within the blend's
     rounding); the colored mask alone is far from that."""
-    mask = np.asarray(Image.open(str(overlay_file).removesuffix(".overlay.png") + ".mask.png"))
+    mask = decode_mask(Path(str(overlay_file).removesuffix(".overlay.png") + ".mask.png").read_bytes())
     colors = np.asarray(colorize(mask), dtype=float)
     expected = (np.asarray(photo_shown, dtype=float) + colors) / 2
     shown = np.asarray(Image.open(overlay_file), dtype=float)
@@ -127,7 +127,7 @@ def test_rows_whose_photo_is_gone_are_exported_with_the_colored_mask_and_counted
     assert result.returncode == 0, result.stderr
     assert "3 mask(s) written" in result.stderr and "3 overlay(s) without photo: source unreadable" in result.stderr
     for name in good_images(3):
-        mask = np.asarray(Image.open(tmp_path / "png" / f"{name}.mask.png"))
+        mask = decode_mask((tmp_path / "png" / f"{name}.mask.png").read_bytes())
         overlay = np.asarray(Image.open(tmp_path / "png" / f"{name}.overlay.png"))
         assert np.array_equal(overlay, np.asarray(colorize(mask)))
 

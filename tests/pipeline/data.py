@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from PIL import Image
 
-from tests.conftest import photo
+from pipeline.output import SCHEMA, OutputDataset
+from pipeline.storage import Location
+from synthetic.photos import photo
 
 
 def encoded(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
@@ -87,6 +88,6 @@ def parquet_bytes(files: dict[str, bytes], style: str) -> bytes:
     return buffer.getvalue()
 
 
-def read_output(url: str, filesystem=None) -> list[dict]:
-    """Every row of a mask output, read as one dataset by pyarrow."""
-    return ds.dataset(url, format="parquet", filesystem=filesystem).to_table().to_pylist()
+def read_output(url: str) -> list[dict]:
+    """Every row of the mask output at the fsspec URL `url`, all columns."""
+    return list(OutputDataset(Location(url)).rows(SCHEMA.names))

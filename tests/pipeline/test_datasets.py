@@ -7,7 +7,7 @@ from PIL import Image
 
 from pipeline.datasets import COCO_STUFF_27, IGNORE, join_key, open_dataset
 from pipeline.sources import InputError
-from tests.pipeline.labeled import cityscapes, coco_stuff
+from synthetic.datasets import cityscapes, coco_stuff
 
 
 def test_coco_stuff_pairs_images_with_annotations_and_maps_fine_to_coarse(tmp_path):

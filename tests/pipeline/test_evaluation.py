@@ -15,7 +15,7 @@ from pipeline.datasets import open_dataset
 from pipeline.evaluation import score_model, score_predictions, variants
 from pipeline.output import OutputDataset, Row
 from pipeline.storage import Location, StorageError
-from tests.pipeline.labeled import cityscapes, coco_stuff
+from synthetic.datasets import cityscapes, coco_stuff
 
 SMALL = DiffSegConfig(resolution=128, crop="center", kl_threshold=0.5)
 

@@ -1,11 +1,15 @@
 import io
 import json
+import re
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
-from pipeline.output import METADATA_KEY, SCHEMA, OutputConflict, OutputDataset, Row, encode_shard, read_provenance
-from pipeline.storage import Location
+from diffseg.visualize import label_png
+from pipeline.output import FILE, METADATA_KEY, SCHEMA, OutputConflict, OutputDataset, Row, decode_mask, encode_shard
+from pipeline.storage import Location, StorageError
 
 
 def rows() -> list[Row]:
@@ -33,7 +37,7 @@ def test_writing_a_shard_writes_the_file_then_its_marker(tmp_path):
     marker = json.loads((tmp_path / "_done" / "sub" / "s1.json").read_text())
     assert marker == {"shard": "sub/s1", "file": "sub/s1.parquet", "rows": 2, "images_ok": 1, "images_failed": 1,
                       "run_id": "r1", "created": "now"}
-    assert read_provenance(Location(str(tmp_path)), "sub/s1.parquet")["run_id"] == "r1"
+    assert dataset.provenance("sub/s1.parquet") == {"run_id": "r1", "created": "now"}
 
 
 def test_an_output_refuses_settings_other_than_its_own(tmp_path):
@@ -44,3 +48,53 @@ def test_an_output_refuses_settings_other_than_its_own(tmp_path):
     with pytest.raises(OutputConflict, match="already holds masks made with a different config_hash, model"):
         dataset.claim({"config_hash": "b", "model": {"model": "other"}})
     assert json.loads((tmp_path / "_diffseg.json").read_text())["config_hash"] == "a"
+
+
+
+def test_rows_written_are_read_back_with_the_columns_asked_for(tmp_path):
+    mask = torch.tensor([[0, 1], [2, 2]])
+    writer = OutputDataset(Location(str(tmp_path)))
+    writer.write("part-0", [Row("a.png", "file:///a.png", 2, 2, label_png(mask), 3, [])], {"run_id": "r1"})
+    writer.write("sub/s1", rows(), {"run_id": "r2"})
+    (tmp_path / "_tmp-1234-part-1.parquet").write_bytes(b"half a file")  # an interrupted write: skipped
+    output = OutputDataset(Location(str(tmp_path)))
+    read = list(output.rows(["image_id", "status", FILE], batch_size=1))
+    assert sorted(tuple(row.values()) for row in read) == [
+        ("a.png", "ok", "part-0.parquet"), ("a.png", "ok", "sub/s1.parquet"), ("b.png", "error", "sub/s1.parquet")]
+    assert output.column("image_id") == [row["image_id"] for row in read]
+    first = next(position for position, row in enumerate(read) if row[FILE] == "part-0.parquet")
+    assert output.take([2, first], ["image_id", "status", FILE]) == [read[2], read[first]]
+    [row] = output.take([first], ["mask", "width", "height"])
+    assert (row["width"], row["height"]) == (2, 2) and np.array_equal(decode_mask(row["mask"]), mask.numpy())
+    assert output.provenance(read[first][FILE]) == {"run_id": "r1"}
+
+
+@pytest.mark.parametrize("top", [255, 65535], ids=["8-bit", "16-bit"])
+def test_a_mask_decodes_to_the_label_map_it_was_made_from(top):
+    labels = torch.tensor([[0, top, 1], [top, 2, 0]])
+    decoded = decode_mask(label_png(labels))
+    assert decoded.dtype == np.int64 and np.array_equal(decoded, labels.numpy())
+
+
+def test_the_manifest_is_what_was_claimed(tmp_path):
+    output = OutputDataset(Location(str(tmp_path)))
+    output.claim({"config_hash": "a", "model": {"model": "tiny"}})
+    assert output.manifest() == {"config_hash": "a", "model": {"model": "tiny"}}
+
+
+def test_a_missing_or_broken_output_is_a_storage_error_naming_it(tmp_path):
+    url = re.escape(str(tmp_path))
+    missing = OutputDataset(Location(str(tmp_path / "missing")))
+    with pytest.raises(StorageError, match=f"^{url}/missing: not a labeling job's output \\(no _diffseg.json\\)$"):
+        missing.manifest()
+    with pytest.raises(StorageError, match=f"^{url}/missing: cannot read the masks"):
+        missing.column("image_id")
+    with pytest.raises(StorageError, match=f"^{url}/missing: cannot read the provenance of s.parquet"):
+        missing.provenance("s.parquet")
+    (tmp_path / "_diffseg.json").write_text("{not json")
+    (tmp_path / "s.parquet").write_bytes(b"not parquet")
+    broken = OutputDataset(Location(str(tmp_path)))
+    with pytest.raises(StorageError, match=f"^{url}: cannot read _diffseg.json"):
+        broken.check({"config_hash": "a"})
+    with pytest.raises(StorageError, match=f"^{url}: cannot read the masks"):
+        list(broken.rows(["image_id"]))

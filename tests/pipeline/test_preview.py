@@ -9,9 +9,9 @@ import torch
 from diffseg import DiffSegConfig
 from diffseg.visualize import label_png
 from pipeline.output import OutputDataset, Row
-from pipeline.preview import _histogram, _reasons, overview, write_preview
+from pipeline.preview import Overview, overview, write_preview
 from pipeline.storage import Location, StorageError
-from tests.conftest import photo
+from synthetic.photos import photo
 
 
 def output_with(folder, rows_per_shard: list[list[Row]]) -> Location:
@@ -83,12 +83,19 @@ def test_ids_with_markup_and_quotes_are_shown_as_text(tmp_path):
     assert "&lt;script&gt;" in page and "&lt;img src=x onerror=alert(1)&gt;" in page
 
 
-def test_histogram_and_reasons():
-    histogram = _histogram([1, 1, 2, 5, 5, 5])
-    assert "<td>5</td><td>3</td>" in histogram and "median 3, mean 3.2, max 5" in histogram
-    wide = _histogram(list(range(1, 101)))
-    assert "<td>1-5</td><td>5</td>" in wide and "<td>96-100</td><td>5</td>" in wide
-    assert _histogram([]) == "" and _reasons([]) == ""
+def page_of(tmp_path, **view) -> str:
+    return write_preview(Overview("s3://b/masks", {}, **view), tmp_path / "page").read_text()
+
+
+def test_the_page_has_a_histogram_of_segments_and_the_reasons_images_failed(tmp_path):
+    page = page_of(tmp_path, images=8, segments=[1, 1, 2, 5, 5, 5],
+                   failed=[("a.png", "cannot decode image (broken data stream)"), ("b.png", "cannot decode image (x)")])
+    assert "<td>5</td><td>3</td>" in page and "median 3, mean 3.2, max 5" in page
+    assert "<tr><td>cannot decode image</td><td>2</td></tr>" in page, "reasons grouped without their details"
+    wide = page_of(tmp_path, images=100, segments=list(range(1, 101)))
+    assert "<td>1-5</td><td>5</td>" in wide and "<td>96-100</td><td>5</td>" in wide, "at most 20 bins"
+    empty = page_of(tmp_path, images=0)
+    assert "Segments per image" not in empty and "Why images failed" not in empty
 
 
 def test_a_folder_that_is_not_an_output_is_refused(tmp_path):

@@ -12,8 +12,8 @@ from diffseg import DiffSeg, DiffSegConfig
 from pipeline.datasets import open_dataset
 from pipeline.evaluation import score_model, variants
 from pipeline.report import write_report
+from synthetic.datasets import coco_stuff
 from tests.browser import chromium, colorful_fraction
-from tests.pipeline.labeled import coco_stuff
 
 CONFIG = DiffSegConfig(resolution=128, crop="center", kl_threshold=0.5)
 

@@ -1,12 +1,10 @@
-import io
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from diffseg import DiffSeg, DiffSegConfig
 from diffseg.regions import regions
-from pipeline.output import read_provenance
+from pipeline.output import OutputDataset, decode_mask
 from pipeline.sources import plan
 from pipeline.storage import Location
 from pipeline.worker import LabelWorker, Placement, WorkerSettings
@@ -45,7 +43,7 @@ def test_a_shard_becomes_one_file_with_a_row_per_image(worker_dirs, tiny):
             assert bad_images()[row["image_id"]] in row["error"]
             continue
         original = Image.open(folder / row["image_id"])
-        mask = np.asarray(Image.open(io.BytesIO(row["mask"])))
+        mask = decode_mask(row["mask"])
         assert (row["status"], row["error"]) == ("ok", None)
         assert mask.shape == (original.height, original.width) == (row["height"], row["width"])
         assert row["num_segments"] == len(np.unique(mask)) == len(row["segments"])
@@ -55,7 +53,7 @@ def test_a_shard_becomes_one_file_with_a_row_per_image(worker_dirs, tiny):
 
 def test_provenance_names_model_settings_software_and_input(worker_dirs):
     folder, out = worker_dirs
-    provenance = read_provenance(Location(str(out)), "part-00000.parquet")
+    provenance = OutputDataset(Location(str(out))).provenance("part-00000.parquet")
     assert provenance["model"] == "tiny" and provenance["random_weights"] is True
     assert provenance["config"] == FAST.to_dict() and provenance["config_hash"] == FAST.config_hash()
     assert provenance["run_id"] == "run-1" and provenance["created"].endswith("+00:00")

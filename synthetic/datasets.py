@@ -1,4 +1,4 @@
-"""Labeled datasets for evaluation tests, in the folder layouts the real datasets unpack to."""
+"""Labeled datasets in the folder layouts the real ones unpack to (COCO-Stuff, Cityscapes), for evaluation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.conftest import photo
+from synthetic.photos import photo
 
 
 def regions_label(width: int, height: int, values: tuple[int, ...], seed: int) -> np.ndarray:
