@@ -1,7 +1,7 @@
 """Driver benchmark: planning and scheduling tens of thousands of shards, with a no-op model.
 
 The input is a folder of `--shards` tiny files cut into shards of one image, labeled through the job's own
-path (`pipeline.driver.prepare` and `execute`: listing, the work queue, Ray actors, reading, the mask
+path (`pipeline.labeling.driver.prepare` and `execute`: listing, the work queue, Ray actors, reading, the mask
 Parquet file and `_done/` marker of every shard) by actors whose model does nothing: what is measured is
 the job around the model. Prints the planning time, shards per second, the peak number of shards in flight
 and the driver process's peak memory (RSS), before and after the run.
@@ -26,9 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffseg.preprocess import PreparedImage  # noqa: E402
-from pipeline.driver import execute, prepare  # noqa: E402
-from pipeline.job import LabelJob  # noqa: E402
-from pipeline.worker import LabelWorker  # noqa: E402
+from pipeline.labeling.driver import execute, plan  # noqa: E402
+from pipeline.labeling.job import LabelJob  # noqa: E402
+from pipeline.labeling.worker import LabelWorker  # noqa: E402
 
 
 class NoopSegmenter:
@@ -67,10 +67,10 @@ def main() -> None:
                  num_gpus=0, object_store_memory=100 * 2**20)
         before = peak_mib()
         started = time.perf_counter()
-        plan = prepare(LabelJob(input=str(inputs), output=str(Path(folder) / "out"), model="noop", shard_size=1,
+        planned_job = plan(LabelJob(input=str(inputs), output=str(Path(folder) / "out"), model="noop", shard_size=1,
                                 num_actors=args.actors, cpus_per_actor=1, memory_per_actor=0))  # no model to hold
         planned = time.perf_counter() - started
-        summary = execute(plan, progress=False, worker=NoopWorker)
+        summary = execute(planned_job, progress=False, worker=NoopWorker)
         ray.shutdown()
     scheduling = summary.seconds - planned - summary.startup_seconds
     print(f"{platform.processor() or platform.machine()}, ray {ray.__version__}, {args.actors} actors")

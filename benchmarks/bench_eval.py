@@ -5,7 +5,7 @@ Prints:
     both protocols: scoring thousands of images must take seconds, not minutes;
 (2) post-processing of one image's 64x64-grid attention (the 512 px setting) with DiffSeg, K-Means-C (K=6)
     and K-Means-S (K = the 8 planted regions), median of repeated runs;
-(3) `pipeline.evaluation.score_model` with the `tiny` model on a generated COCO-Stuff-27 folder, against a
+(3) `pipeline.evaluation.scoring.score_model` with the `tiny` model on a generated COCO-Stuff-27 folder, against a
     plain in-process loop doing the same reading, segmenting and scoring one image after the other.
 
     python benchmarks/bench_eval.py [--images 200] [--repeat 3]
@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffseg import DiffSeg, DiffSegConfig, segment_from_attention  # noqa: E402
 from diffseg.metrics import Evaluation  # noqa: E402
 from diffseg.preprocess import prepare_label  # noqa: E402
-from pipeline.datasets import open_dataset  # noqa: E402
-from pipeline.evaluation import score_model, variants  # noqa: E402
+from pipeline.evaluation.datasets import open_dataset  # noqa: E402
+from pipeline.evaluation.scoring import score_model, variants  # noqa: E402
 from synthetic.attention import planted_attention, random_partition  # noqa: E402
 from synthetic.datasets import coco_stuff  # noqa: E402
 

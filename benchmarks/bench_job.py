@@ -34,8 +34,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffseg import DiffSeg, DiffSegConfig  # noqa: E402
-from pipeline.driver import run  # noqa: E402
-from pipeline.job import LabelJob  # noqa: E402
+from pipeline.labeling.driver import run  # noqa: E402
+from pipeline.labeling.job import LabelJob  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 

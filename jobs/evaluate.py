@@ -25,11 +25,11 @@ from diffseg import DEFAULT_MODEL, DiffSeg, ModelLoadError  # noqa: E402
 from diffseg.arguments import OneLineParser, add_algorithm_arguments, config_from_args, parse_thresholds  # noqa: E402
 from diffseg.metrics import PROTOCOLS  # noqa: E402
 from diffseg.model import DTYPES  # noqa: E402
-from pipeline.datasets import DATASETS, SPLITS, open_dataset  # noqa: E402
-from pipeline.evaluation import METHODS, Report, score_model, score_predictions, variants, write_scores  # noqa: E402
-from pipeline.pages import percent  # noqa: E402
-from pipeline.report import write_report  # noqa: E402
-from pipeline.storage import Location, StorageError, parse_storage_options  # noqa: E402
+from pipeline.evaluation.datasets import DATASETS, SPLITS, open_dataset  # noqa: E402
+from pipeline.evaluation.report import write_report  # noqa: E402
+from pipeline.evaluation.scoring import SCORED_METHODS, Report, score_model, score_predictions, variants, write_scores  # noqa: E402
+from pipeline.labeling.storage import Location, StorageError, parse_storage_options  # noqa: E402
+from pipeline.viewing.pages import percent  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,7 +37,8 @@ def parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="jobs/evaluate.py", description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, choices=DATASETS)
-    p.add_argument("--root", required=True, help="fsspec URL of the dataset's folder (see pipeline/datasets.py)")
+    p.add_argument("--root", required=True,
+                   help="fsspec URL of the dataset's folder (layouts: pipeline/evaluation/datasets.py)")
     p.add_argument("--split", default=None, help="split folder (default: " +
                    ", ".join(f"{name} {split}" for name, split in SPLITS.items()) + ")")
     p.add_argument("--image-list", default=None,
@@ -53,7 +54,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="model precision (default: float16 on cuda, float32 on cpu)")
     p.add_argument("--batch-size", type=int, default=1, help="images per UNet forward (default 1)")
-    add_algorithm_arguments(p, METHODS, crop="center", kl_threshold=None)
+    add_algorithm_arguments(p, SCORED_METHODS, crop="center", kl_threshold=None)
     p.add_argument("--sweep", type=parse_thresholds, default=None, metavar="TAUS",
                    help="score several merge thresholds at once, comma-separated (one forward per image)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="per-image",

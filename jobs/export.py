@@ -29,10 +29,10 @@ from diffseg.arguments import OneLineParser  # noqa: E402
 from diffseg.config import DiffSegConfig  # noqa: E402
 from diffseg.filenames import FileNames  # noqa: E402
 from diffseg.visualize import colorize, overlay  # noqa: E402
-from pipeline.output import OutputDataset, decode_mask, manifest_config  # noqa: E402
-from pipeline.photos import labeled_photo  # noqa: E402
-from pipeline.sources import ParquetColumns  # noqa: E402
-from pipeline.storage import Location, StorageError, parse_storage_options  # noqa: E402
+from pipeline.labeling.output import OutputDataset, decode_mask, manifest_config  # noqa: E402
+from pipeline.labeling.sources import ParquetColumns  # noqa: E402
+from pipeline.labeling.storage import Location, StorageError, parse_storage_options  # noqa: E402
+from pipeline.viewing.photos import labeled_photo  # noqa: E402
 
 SUFFIXES = (".mask.png", ".overlay.png")
 

@@ -20,10 +20,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 # Only light modules before the arguments are checked: --help and flag errors answer at once, without torch.
 from diffseg.arguments import OneLineParser, add_algorithm_arguments, config_from_args  # noqa: E402
 from diffseg.defaults import DEFAULT_MODEL, MAX_PIXELS, PRECISIONS  # noqa: E402
-from pipeline.capacity import GIB  # noqa: E402
-from pipeline.job import LabelJob  # noqa: E402
-from pipeline.sources import FORMATS, ParquetColumns  # noqa: E402
-from pipeline.storage import StorageError, parse_storage_options  # noqa: E402
+from pipeline.labeling.capacity import GIB  # noqa: E402
+from pipeline.labeling.job import LabelJob  # noqa: E402
+from pipeline.labeling.sources import FORMATS, ParquetColumns  # noqa: E402
+from pipeline.labeling.storage import StorageError, parse_storage_options  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
@@ -101,14 +101,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     from diffseg import ModelLoadError
-    from pipeline.driver import JobError, connect, execute, prepare
-    from pipeline.output import OutputConflict
+    from pipeline.labeling.driver import JobError, connect, execute, plan
+    from pipeline.labeling.output import OutputConflict
 
     try:
-        plan = prepare(job)
-        if plan.todo:
+        planned = plan(job)
+        if planned.todo:
             connect(args.address)
-        summary = execute(plan, progress=not args.no_progress)
+        summary = execute(planned, progress=not args.no_progress)
     except (ValueError, StorageError, OutputConflict, ModelLoadError, JobError, ConnectionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,1 +1,7 @@
-"""Orchestration and I/O around the `diffseg` library: sharding, Ray actors, storage, provenance."""
+"""Orchestration and I/O around the `diffseg` library, one subpackage per product (no tensor math here):
+
+- `labeling`: the labeling job (input shards, storage, the Ray actor pool, the mask Parquet output and its
+  provenance);
+- `evaluation`: labeled datasets, scoring a model or a job's masks, the HTML report;
+- `viewing`: the HTML preview of a job's output and the photo under a mask (shared with `jobs/export.py`).
+"""

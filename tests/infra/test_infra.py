@@ -229,9 +229,9 @@ SHAPES = {"kuberay": kuberay_shape, "aws": aws_shape}
 
 
 def simulated_resources(label, args, nodes: list[dict]) -> tuple[int, float, float, float]:
-    """(actors, gpus, cpus and memory per actor) as the job decides them (`pipeline.capacity`, with the job's
+    """(actors, gpus, cpus and memory per actor) as the job decides them (`pipeline.labeling.capacity`, with the job's
     defaults) on an idle cluster of `nodes` (Ray resource dicts)."""
-    from pipeline import capacity
+    from pipeline.labeling import capacity
 
     job = label.job_from_args(args)
     cluster = [capacity.Node(str(i), node.get("CPU", 0), node.get("GPU", 0), node.get("memory", 0))

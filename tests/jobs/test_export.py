@@ -16,12 +16,12 @@ from PIL import Image, ImageOps
 from diffseg import DiffSegConfig
 from diffseg.preprocess import center_square
 from diffseg.visualize import colorize
-from pipeline.output import OutputDataset, decode_mask
-from pipeline.sources import plan
-from pipeline.storage import Location
-from pipeline.worker import LabelWorker, Placement, WorkerSettings
+from pipeline.labeling.output import OutputDataset, decode_mask
+from pipeline.labeling.sources import inventory
+from pipeline.labeling.storage import Location
+from pipeline.labeling.worker import LabelWorker, Placement, WorkerSettings
 from synthetic.photos import photo
-from tests.pipeline.data import encoded, good_images, parquet_bytes, read_output, write_files
+from tests.pipeline.labeling.data import encoded, good_images, parquet_bytes, read_output, write_files
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPORT, LABEL = str(ROOT / "jobs" / "export.py"), str(ROOT / "jobs" / "label.py")
@@ -47,7 +47,7 @@ def label_in_process(source: Path, output: Path, config: DiffSegConfig) -> None:
     source_location, output_location = Location(str(source)), Location(str(output))
     OutputDataset(output_location).claim({"config": config.to_dict(), "columns": {"image": None, "id": None}})
     worker = LabelWorker(WorkerSettings(model="tiny", config=config), Placement(source_location, output_location))
-    for shard in plan(source_location).shards:
+    for shard in inventory(source_location).shards:
         worker.process(shard, run_id="r")
 
 

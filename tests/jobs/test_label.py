@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import start_ray_head, stop
-from tests.pipeline.data import good_images, read_output, tar_bytes, write_files
+from tests.pipeline.labeling.data import good_images, read_output, tar_bytes, write_files
 
 ROOT = Path(__file__).resolve().parents[2]
 LABEL = str(ROOT / "jobs" / "label.py")

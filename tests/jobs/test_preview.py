@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.browser import chromium, colorful_fraction
-from tests.pipeline.data import BOMB_LIMIT, bad_image_bytes, good_images, tar_bytes, write_files
+from tests.pipeline.labeling.data import BOMB_LIMIT, bad_image_bytes, good_images, tar_bytes, write_files
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,8 +8,17 @@ import pytest
 import torch
 
 from diffseg.visualize import label_png
-from pipeline.output import FILE, METADATA_KEY, SCHEMA, OutputConflict, OutputDataset, Row, decode_mask, encode_shard
-from pipeline.storage import Location, StorageError
+from pipeline.labeling.output import (
+    FILE,
+    METADATA_KEY,
+    SCHEMA,
+    OutputConflict,
+    OutputDataset,
+    Row,
+    decode_mask,
+    encode_shard,
+)
+from pipeline.labeling.storage import Location, StorageError
 
 
 def rows() -> list[Row]:

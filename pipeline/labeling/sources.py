@@ -89,7 +89,7 @@ class ParquetColumns:
     """None: `ID_COLUMN` when present, else `FILE#ROW`."""
 
 
-def plan(source: Location, input_format: str = "auto", shard_size: int = 1000,
+def inventory(source: Location, input_format: str = "auto", shard_size: int = 1000,
          columns: ParquetColumns = ParquetColumns()) -> Inventory:
     """The shards of the dataset at `source`, in a stable order, and how many files were left out.
 

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.prefetch import prefetch
+from pipeline.labeling.prefetch import prefetch
 
 
 def test_prefetch_yields_in_order_and_raises_the_producers_error():

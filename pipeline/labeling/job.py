@@ -19,7 +19,7 @@ class LabelJob:
     input: str
     """fsspec URL of the input: a folder of images, of WebDataset `.tar` shards, or of Parquet files."""
     output: str
-    """fsspec URL of the output folder (see `pipeline.output`)."""
+    """fsspec URL of the output folder (see `pipeline.labeling.output`)."""
     model: str = DEFAULT_MODEL
     revision: str | None = None
     config: DiffSegConfig = field(default_factory=DiffSegConfig)

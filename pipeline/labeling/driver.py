@@ -23,7 +23,7 @@ from diffseg import ModelLoadError
 from .capacity import Actors, ActorShape, JobError, Node, actor_shape, cluster_summary, fit
 from .job import LabelJob
 from .output import OutputDataset
-from .sources import Shard, plan
+from .sources import Shard, inventory
 from .storage import Location
 from .worker import LabelWorker, Placement, WorkerSettings
 
@@ -108,7 +108,7 @@ class Plan:
     """When planning began (`time.perf_counter()`); the summary's `seconds` count from here."""
 
 
-def prepare(job: LabelJob) -> Plan:
+def plan(job: LabelJob) -> Plan:
     """List the input and the output's finished shards; needs no Ray.
 
     Raises:
@@ -118,17 +118,17 @@ def prepare(job: LabelJob) -> Plan:
     started = time.perf_counter()
     source = Location(job.input, job.storage_options)
     dataset = OutputDataset(Location(job.output, job.storage_options))
-    inventory = plan(source, job.input_format, job.shard_size, job.columns)
-    shards = inventory.shards
+    found = inventory(source, job.input_format, job.shard_size, job.columns)
+    shards = found.shards
     identity = _identity(job, source, shards)
     dataset.check(identity)
     done = dataset.done()
     return Plan(job, source, dataset, shards, [shard for shard in shards if shard.name not in done],
-                inventory.ignored, identity, started)
+                found.ignored, identity, started)
 
 
-def execute(plan: Plan, progress: bool = True, worker: type[LabelWorker] = LabelWorker) -> Summary:
-    """Label the plan's remaining shards on the connected Ray cluster (Ray is not touched when none are left).
+def execute(planned: Plan, progress: bool = True, worker: type[LabelWorker] = LabelWorker) -> Summary:
+    """Label the planned remaining shards on the connected Ray cluster (Ray is not touched when none are left).
 
     `worker` is the actor class: a `LabelWorker`, or a subclass with another model (the driver benchmark runs a
     no-op one through this same path).
@@ -138,17 +138,17 @@ def execute(plan: Plan, progress: bool = True, worker: type[LabelWorker] = Label
         JobError: the cluster cannot host the actors asked for.
         OutputConflict: the model differs from the one the output was started with.
     """
-    started = plan.started
-    output = plan.output.location
-    summary = Summary(shards_skipped=len(plan.shards) - len(plan.todo), files_ignored=plan.ignored,
+    started = planned.started
+    output = planned.output.location
+    summary = Summary(shards_skipped=len(planned.shards) - len(planned.todo), files_ignored=planned.ignored,
                       output=output.uri(""), run_id=uuid.uuid4().hex)
-    if plan.todo:
+    if planned.todo:
         starting = time.perf_counter()
-        actors, model = _start_actors(plan.job, plan.source, output, len(plan.todo), worker)
+        actors, model = _start_actors(planned.job, planned.source, output, len(planned.todo), worker)
         summary.startup_seconds = time.perf_counter() - starting
         try:
-            plan.output.claim({**plan.identity, "model": model})
-            _schedule(actors, plan.todo, plan.job, summary, progress)
+            planned.output.claim({**planned.identity, "model": model})
+            _schedule(actors, planned.todo, planned.job, summary, progress)
         finally:
             for actor in actors:
                 ray.kill(actor)
@@ -157,8 +157,8 @@ def execute(plan: Plan, progress: bool = True, worker: type[LabelWorker] = Label
 
 
 def run(job: LabelJob, progress: bool = True) -> Summary:
-    """`execute(prepare(job))`: label every shard of `job.input` not yet done in `job.output`."""
-    return execute(prepare(job), progress)
+    """`execute(plan(job))`: label every shard of `job.input` not yet done in `job.output`."""
+    return execute(plan(job), progress)
 
 
 def _identity(job: LabelJob, source: Location, shards: list[Shard]) -> dict[str, Any]:

@@ -5,8 +5,8 @@ import pytest
 import s3fs
 from PIL import Image
 
-from pipeline.datasets import COCO_STUFF_27, IGNORE, join_key, open_dataset
-from pipeline.sources import InputError
+from pipeline.evaluation.datasets import COCO_STUFF_27, IGNORE, join_key, open_dataset
+from pipeline.labeling.sources import InputError
 from synthetic.datasets import cityscapes, coco_stuff
 
 

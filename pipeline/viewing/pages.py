@@ -74,7 +74,7 @@ def resize_nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(resized, dtype=np.int64)
 
 
-def overlay(photo: Image.Image, labels: np.ndarray, colors: np.ndarray, paint_negative: bool = False) -> Image.Image:
+def paint(photo: Image.Image, labels: np.ndarray, colors: np.ndarray, paint_negative: bool = False) -> Image.Image:
     """The photo (of the labels' size) with each pixel of label c in `colors[c]`; pixels labeled -1 are grey
     (`paint_negative`) or left as they are (ignored)."""
     table = np.vstack([colors, np.array([UNMATCHED], dtype=np.uint8)])

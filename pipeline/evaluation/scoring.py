@@ -36,13 +36,13 @@ from diffseg.metrics import Evaluation, ImageScore
 from diffseg.preprocess import PreparedImage, prepare, prepare_label
 from diffseg.visualize import to_image
 
+from ..labeling.output import OutputDataset, decode_mask, manifest_config
+from ..labeling.prefetch import prefetch
+from ..labeling.storage import Location
+from ..viewing.pages import display_size, resize_nearest, spread
 from .datasets import Example, LabeledDataset, join_key
-from .output import OutputDataset, decode_mask, manifest_config
-from .pages import display_size, resize_nearest, spread
-from .prefetch import prefetch
-from .storage import Location
 
-METHODS = ("diffseg", "kmeans-c", "kmeans-s")
+SCORED_METHODS = ("diffseg", "kmeans-c", "kmeans-s")
 """Methods a model can be scored with: K-Means-S takes K = the classes present in each image's ground truth."""
 
 
@@ -53,7 +53,7 @@ class Variant:
     name: str
     """How tables and files name it, e.g. `diffseg tau=0.9` or `kmeans-c K=6`."""
     method: str
-    """One of `METHODS`."""
+    """One of `SCORED_METHODS`."""
     config: DiffSegConfig
 
     def config_for(self, classes: int) -> DiffSegConfig:
@@ -68,8 +68,8 @@ def variants(method: str, config: DiffSegConfig, sweep: Sequence[float] | None =
 
     Raises `ValueError` for an unknown method, or a sweep with another method.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method not in SCORED_METHODS:
+        raise ValueError(f"method must be one of {', '.join(SCORED_METHODS)}, got {method!r}")
     config = dataclasses.replace(config, method="diffseg" if method == "diffseg" else "kmeans-c")
     if sweep:
         if method != "diffseg":

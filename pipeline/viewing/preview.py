@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .output import FILE, OutputDataset, decode_mask, manifest_config
-from .pages import display_size, failure_list, figure, overlay, resize_nearest, segment_colors, spread, text, write_page
+from ..labeling.output import FILE, OutputDataset, decode_mask, manifest_config
+from ..labeling.sources import ParquetColumns
+from ..labeling.storage import Location
+from .pages import display_size, failure_list, figure, paint, resize_nearest, segment_colors, spread, text, write_page
 from .photos import labeled_photo
-from .sources import ParquetColumns
-from .storage import Location
 
 FAILED_LISTED = 200
 """Failed images named one by one (the reasons are counted over all of them)."""
@@ -113,8 +113,8 @@ def _picture(source_uri: str, labels: np.ndarray, config: Any, storage_options: 
     try:
         photo = labeled_photo(source_uri, labels.shape, config, storage_options, columns)
     except ValueError as error:
-        return overlay(Image.new("RGB", size), shown, colors), f"photo not readable ({error})"
-    return overlay(photo.resize(size, Image.Resampling.BILINEAR), shown, colors), ""
+        return paint(Image.new("RGB", size), shown, colors), f"photo not readable ({error})"
+    return paint(photo.resize(size, Image.Resampling.BILINEAR), shown, colors), ""
 
 
 def _shown(item: Shown) -> str:

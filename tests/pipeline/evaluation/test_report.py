@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from diffseg import DiffSeg, DiffSegConfig
-from pipeline.datasets import open_dataset
-from pipeline.evaluation import score_model, variants
-from pipeline.report import write_report
+from pipeline.evaluation.datasets import open_dataset
+from pipeline.evaluation.report import write_report
+from pipeline.evaluation.scoring import score_model, variants
 from synthetic.datasets import coco_stuff
 from tests.browser import chromium, colorful_fraction
 

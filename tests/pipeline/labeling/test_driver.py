@@ -13,16 +13,16 @@ import s3fs
 from PIL import Image
 
 from diffseg import DiffSegConfig, ModelLoadError
-from pipeline import driver
-from pipeline.capacity import Actors, ActorShape, JobError
-from pipeline.driver import run
-from pipeline.job import LabelJob
-from pipeline.output import OutputConflict, OutputDataset, decode_mask
-from pipeline.storage import Location
-from pipeline.worker import LabelWorker
+from pipeline.labeling import driver
+from pipeline.labeling.capacity import Actors, ActorShape, JobError
+from pipeline.labeling.driver import run
+from pipeline.labeling.job import LabelJob
+from pipeline.labeling.output import OutputConflict, OutputDataset, decode_mask
+from pipeline.labeling.storage import Location
+from pipeline.labeling.worker import LabelWorker
 from synthetic.photos import photo
 from tests.outage import Forwarder
-from tests.pipeline.data import (
+from tests.pipeline.labeling.data import (
     BOMB_LIMIT,
     bad_image_bytes,
     bad_images,
@@ -275,7 +275,7 @@ def test_a_replica_still_loading_its_model_says_so(tmp_path, monkeypatch, capfd)
     write_files(tmp_path / "in", good_images(2))
     monkeypatch.setattr(driver, "REPORT_EVERY", 1.0)
     monkeypatch.setattr(driver, "LOADING_REPORT_AFTER", 1.0)
-    summary = driver.execute(driver.prepare(job(str(tmp_path / "in"), str(tmp_path / "out"), num_actors=1)),
+    summary = driver.execute(driver.plan(job(str(tmp_path / "in"), str(tmp_path / "out"), num_actors=1)),
                              progress=False, worker=SlowLoadingWorker)
     assert summary.images_ok == 2
     assert "actor(s) 1 still loading the model after" in capfd.readouterr().err
@@ -292,7 +292,7 @@ class SlowWorker(LabelWorker):
 def test_a_line_comes_while_no_shard_finishes(tmp_path, monkeypatch, capfd):
     write_files(tmp_path / "in", good_images(1))
     monkeypatch.setattr(driver, "REPORT_EVERY", 1.0)
-    summary = driver.execute(driver.prepare(job(str(tmp_path / "in"), str(tmp_path / "out"), num_actors=1)),
+    summary = driver.execute(driver.plan(job(str(tmp_path / "in"), str(tmp_path / "out"), num_actors=1)),
                              progress=False, worker=SlowWorker)
     assert summary.images_ok == 1
     assert "1 shard(s) in progress on 1 actor(s), 0 of 1 done, 0 waiting to be retried; no shard finished in the " \

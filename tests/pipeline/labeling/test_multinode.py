@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from tests.cluster import kill_node, start_ray_head, start_ray_worker, stop
-from tests.pipeline.data import good_images, read_output, write_files
+from tests.pipeline.labeling.data import good_images, read_output, write_files
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 LABEL = str(ROOT / "jobs" / "label.py")
 ONE_CPU_ACTORS = ["--model", "tiny", "--resolution", "128", "--cpus-per-actor", "1", "--no-progress"]
 

@@ -4,11 +4,11 @@ from PIL import Image
 
 from diffseg import DiffSeg, DiffSegConfig
 from diffseg.regions import regions
-from pipeline.output import OutputDataset, decode_mask
-from pipeline.sources import plan
-from pipeline.storage import Location
-from pipeline.worker import LabelWorker, Placement, WorkerSettings
-from tests.pipeline.data import BOMB_LIMIT, bad_image_bytes, bad_images, good_images, read_output, write_files
+from pipeline.labeling.output import OutputDataset, decode_mask
+from pipeline.labeling.sources import inventory
+from pipeline.labeling.storage import Location
+from pipeline.labeling.worker import LabelWorker, Placement, WorkerSettings
+from tests.pipeline.labeling.data import BOMB_LIMIT, bad_image_bytes, bad_images, good_images, read_output, write_files
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def test_a_shard_becomes_one_file_with_a_row_per_image(worker_dirs, tiny):
     settings = WorkerSettings(model="tiny", config=FAST, batch_size=2, max_pixels=BOMB_LIMIT)
     worker = LabelWorker(settings, Placement(source, output))
     in_process = DiffSeg(tiny.model, FAST)
-    [shard] = plan(source).shards
+    [shard] = inventory(source).shards
     report = worker.process(shard, run_id="run-1")
     assert (report["images_ok"], report["images_failed"]) == (5, len(bad_images()))
     table = read_output(str(out))

@@ -8,9 +8,9 @@ import torch
 
 from diffseg import DiffSegConfig
 from diffseg.visualize import label_png
-from pipeline.output import OutputDataset, Row
-from pipeline.preview import Overview, overview, write_preview
-from pipeline.storage import Location, StorageError
+from pipeline.labeling.output import OutputDataset, Row
+from pipeline.labeling.storage import Location, StorageError
+from pipeline.viewing.preview import Overview, overview, write_preview
 from synthetic.photos import photo
 
 

@@ -1,6 +1,6 @@
 """A self-contained HTML page of an evaluation `Report`: the scores, and sample images side by side.
 
-One file, `index.html` (see `pipeline.pages`): the score table, the IoU of every class, and for each sample
+One file, `index.html` (see `pipeline.viewing.pages`): the score table, the IoU of every class, and for each sample
 the photo, the ground truth and each variant's prediction as colored overlays.
 """
 
@@ -13,8 +13,8 @@ import numpy as np
 
 from diffseg.visualize import palette
 
-from .evaluation import Report, Sample
-from .pages import UNMATCHED, failure_list, figure, overlay, percent, text, write_page
+from ..viewing.pages import UNMATCHED, failure_list, figure, paint, percent, text, write_page
+from .scoring import Report, Sample
 
 FAILED_LISTED = 100
 """Failed images named on the page (all of them are in the per-image scores)."""
@@ -60,12 +60,12 @@ def _legend(class_names: tuple[str, ...], colors: np.ndarray) -> str:
 def _sample(sample: Sample, colors: np.ndarray) -> str:
     """Photo, ground truth, and each prediction with its segments in the color of their matched class (grey:
     matched to no class of the image), so right and wrong regions can be told apart at a glance."""
-    figures = [figure(sample.photo, "photo"), figure(overlay(sample.photo, sample.label, colors), "ground truth")]
+    figures = [figure(sample.photo, "photo"), figure(paint(sample.photo, sample.label, colors), "ground truth")]
     for name, prediction in sample.predictions.items():
         score = sample.scores[name]
         caption = (f"{name}: {score.segments} segment(s), ACC {percent(score.accuracy)}, "
                    f"mIoU {percent(score.miou)}")
-        figures.append(figure(overlay(sample.photo, prediction, colors, paint_negative=True), caption))
+        figures.append(figure(paint(sample.photo, prediction, colors, paint_negative=True), caption))
     return f"<div><b>{text(sample.image_id)}</b><div class='row'>{''.join(figures)}</div></div>"
 
 

@@ -1,8 +1,8 @@
 import pytest
 
-from pipeline.sources import InputError, ParquetColumns, plan, read, read_source
-from pipeline.storage import Location
-from tests.pipeline.data import good_images, parquet_bytes, tar_bytes, write_files
+from pipeline.labeling.sources import InputError, ParquetColumns, inventory, read, read_source
+from pipeline.labeling.storage import Location
+from tests.pipeline.labeling.data import good_images, parquet_bytes, tar_bytes, write_files
 
 
 def test_image_folders_are_split_by_sorted_key_into_stable_shards(tmp_path):
@@ -10,27 +10,27 @@ def test_image_folders_are_split_by_sorted_key_into_stable_shards(tmp_path):
     write_files(tmp_path / "nested", dict(list(files.items())[:3]))
     write_files(tmp_path, dict(list(files.items())[3:]))
     write_files(tmp_path, {".hidden/x.png": b"", "notes.txt": b"", "._img.png": b""})
-    inventory = plan(Location(str(tmp_path)), shard_size=3)
-    shards = inventory.shards
+    found = inventory(Location(str(tmp_path)), shard_size=3)
+    shards = found.shards
     assert [s.name for s in shards] == ["part-00000", "part-00001", "part-00002"]
     keys = [f.key for s in shards for f in s.files]
     assert keys == sorted(keys) and len(keys) == 7 and "nested/img-000.png" in keys
-    assert plan(Location(str(tmp_path)), shard_size=3) == inventory
+    assert inventory(Location(str(tmp_path)), shard_size=3) == found
     assert shards[0].files[0].size == len(files[keys[0].split("/")[-1]])
-    assert inventory.ignored == 3, "the hidden files and notes.txt are left out, and counted"
+    assert found.ignored == 3, "the hidden files and notes.txt are left out, and counted"
 
 
 def test_gif_files_are_images_like_in_the_cli(tmp_path):
     write_files(tmp_path, {"a.gif": b"GIF89a", "b.png": b"x", "c.txt": b"y"})
-    inventory = plan(Location(str(tmp_path)))
-    assert [f.key for f in inventory.shards[0].files] == ["a.gif", "b.png"] and inventory.ignored == 1
+    found = inventory(Location(str(tmp_path)))
+    assert [f.key for f in found.shards[0].files] == ["a.gif", "b.png"] and found.ignored == 1
 
 
 def test_records_of_an_image_shard_carry_ids_uris_and_bytes(tmp_path):
     files = good_images(2)
     write_files(tmp_path, files)
     source = Location(str(tmp_path))
-    records = list(read(plan(source).shards[0], source))
+    records = list(read(inventory(source).shards[0], source))
     assert [r.image_id for r in records] == sorted(files)
     assert records[0].source_uri == f"file://{tmp_path}/{records[0].image_id}"
     assert records[0].data == files[records[0].image_id] and records[0].error is None
@@ -41,7 +41,7 @@ def test_each_tar_is_a_shard_of_its_image_members(tmp_path):
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "00001.tar").write_bytes(tar_bytes(files))
     source = Location(str(tmp_path))
-    [shard] = plan(source).shards
+    [shard] = inventory(source).shards
     assert (shard.name, shard.format) == ("train/00001", "tar")
     records = list(read(shard, source))
     assert [r.image_id for r in records] == [f"train/00001.tar/{name}" for name in files]
@@ -55,7 +55,7 @@ def test_parquet_files_are_shards_of_their_rows(tmp_path, style, ids):
     files = good_images(5)
     (tmp_path / "a.parquet").write_bytes(parquet_bytes(files, style))
     source = Location(str(tmp_path))
-    [shard] = plan(source).shards
+    [shard] = inventory(source).shards
     records = list(read(shard, source))
     assert [r.image_id for r in records] == ids(files)
     assert [r.data for r in records] == list(files.values())
@@ -66,25 +66,25 @@ def test_parquet_image_and_id_columns_can_be_named(tmp_path):
     (tmp_path / "a.parquet").write_bytes(parquet_bytes(files, "img2dataset"))
     source = Location(str(tmp_path))
     with pytest.raises(InputError, match=r"no column 'photo'; it has key, jpg \(name the image column"):
-        plan(source, columns=ParquetColumns(image="photo"))
+        inventory(source, columns=ParquetColumns(image="photo"))
     with pytest.raises(InputError, match="column 'key' is string, not image bytes"):
-        plan(source, columns=ParquetColumns(image="key"))
-    records = list(read(plan(source).shards[0], source, ParquetColumns(image="jpg", id="jpg")))
+        inventory(source, columns=ParquetColumns(image="key"))
+    records = list(read(inventory(source).shards[0], source, ParquetColumns(image="jpg", id="jpg")))
     assert len(records) == 2
 
 
 def test_unusable_inputs_are_one_clear_error(tmp_path):
     with pytest.raises(InputError, match=f"^{tmp_path / 'missing'} does not exist$"):
-        plan(Location(str(tmp_path / "missing")))
+        inventory(Location(str(tmp_path / "missing")))
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match=r"no image files \(.*\.gif\) under"):
-        plan(Location(str(tmp_path / "empty")))
+        inventory(Location(str(tmp_path / "empty")))
     write_files(tmp_path, {"a.png": b"x", "b.tar": b"y"})
     with pytest.raises(InputError, match="holds images and tar files; choose one with --input-format"):
-        plan(Location(str(tmp_path)))
-    assert [s.format for s in plan(Location(str(tmp_path)), "images").shards] == ["images"]
+        inventory(Location(str(tmp_path)))
+    assert [s.format for s in inventory(Location(str(tmp_path)), "images").shards] == ["images"]
     with pytest.raises(InputError, match="--shard-size must be at least 1"):
-        plan(Location(str(tmp_path)), "images", shard_size=0)
+        inventory(Location(str(tmp_path)), "images", shard_size=0)
 
 
 def test_one_image_is_read_back_from_the_source_uri_the_job_recorded(tmp_path):

@@ -11,10 +11,10 @@ from diffseg import DiffSeg, DiffSegConfig
 from diffseg.metrics import evaluate
 from diffseg.preprocess import prepare_label
 from diffseg.visualize import label_png
-from pipeline.datasets import open_dataset
-from pipeline.evaluation import score_model, score_predictions, variants
-from pipeline.output import OutputDataset, Row
-from pipeline.storage import Location, StorageError
+from pipeline.evaluation.datasets import open_dataset
+from pipeline.evaluation.scoring import score_model, score_predictions, variants
+from pipeline.labeling.output import OutputDataset, Row
+from pipeline.labeling.storage import Location, StorageError
 from synthetic.datasets import cityscapes, coco_stuff
 
 SMALL = DiffSegConfig(resolution=128, crop="center", kl_threshold=0.5)

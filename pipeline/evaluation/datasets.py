@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .sources import IMAGE_SUFFIXES, InputError
-from .storage import Location
+from ..labeling.sources import IMAGE_SUFFIXES, InputError
+from ..labeling.storage import Location
 
 IGNORE = -1
 """Class id of pixels that are not scored."""
