@@ -24,6 +24,7 @@ from .visualize import label_image, overlay, to_image
 SUFFIXES = (".mask.png", ".overlay.png")
 """The files of each image: NAME.mask.png (its label map) and NAME.overlay.png."""
 
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 all done, 1 some images skipped, 2 usage or model error)."""
     args = _parser().parse_args(argv)

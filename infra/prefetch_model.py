@@ -19,7 +19,8 @@ from collections.abc import Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from diffseg.model import DEFAULT_MODEL, HUB_FILES  # noqa: E402
+from diffseg.defaults import DEFAULT_MODEL  # noqa: E402
+from diffseg.model import HUB_FILES  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:

@@ -332,7 +332,6 @@ def _bar(total: int, progress: bool) -> tqdm:
     return tqdm(total=total, unit="img", file=sys.stderr, disable=not progress, mininterval=1.0, dynamic_ncols=True)
 
 
-
 SCORES_SCHEMA = pa.schema([("image_id", pa.string()), ("variant", pa.string()), ("status", pa.string()),
                            ("error", pa.string()), ("accuracy", pa.float64()), ("miou", pa.float64()),
                            ("pixels", pa.int64()), ("classes", pa.int32()), ("segments", pa.int32())])

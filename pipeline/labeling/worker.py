@@ -18,8 +18,9 @@ from typing import Any
 import torch
 
 from diffseg import DiffSeg, DiffSegConfig, ImageError, ModelLoadError, Outcome, stream
+from diffseg.defaults import MAX_PIXELS
 from diffseg.model import DTYPES
-from diffseg.preprocess import MAX_PIXELS, PreparedImage
+from diffseg.preprocess import PreparedImage
 from diffseg.regions import regions
 from diffseg.visualize import label_png
 

@@ -681,7 +681,8 @@ def test_local_cluster_refuses_a_gcs_port_in_use(tmp_path):
 def test_prefetch_fetches_exactly_what_the_loader_loads(monkeypatch, capsys):
     import huggingface_hub
 
-    from diffseg.model import DEFAULT_MODEL, HUB_FILES
+    from diffseg.defaults import DEFAULT_MODEL
+    from diffseg.model import HUB_FILES
 
     spec = importlib.util.spec_from_file_location("infra_prefetch_model", INFRA / "prefetch_model.py")
     prefetch = importlib.util.module_from_spec(spec)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import start_ray_head, stop
+from tests.cluster import free_port, start_ray_head, stop
 from tests.pipeline.labeling.data import good_images, read_output, tar_bytes, write_files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +41,16 @@ def test_bad_flags_are_one_line_and_exit_two(tmp_path, args, message):
     assert result.returncode == 2
     assert result.stderr.startswith(message) and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cluster_address_where_nothing_answers_is_one_line_and_exit_two(tmp_path):
+    port = free_port()
+    started = time.monotonic()
+    result = label("--input", str(ROOT / "samples"), "--output", str(tmp_path / "out"), "--model", "tiny",
+                   "--address", f"127.0.0.1:{port}", "--no-progress", timeout=120)
+    assert result.returncode == 2 and time.monotonic() - started < 60
+    assert result.stderr.strip() == f"error: cannot reach the Ray cluster at 127.0.0.1:{port} (Connection refused); " \
+                                    "check --address or RAY_ADDRESS"
 
 
 def test_an_unreadable_input_is_one_line_and_exit_two(tmp_path):

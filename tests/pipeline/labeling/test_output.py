@@ -59,7 +59,6 @@ def test_an_output_refuses_settings_other_than_its_own(tmp_path):
     assert json.loads((tmp_path / "_diffseg.json").read_text())["config_hash"] == "a"
 
 
-
 def test_rows_written_are_read_back_with_the_columns_asked_for(tmp_path):
     mask = torch.tensor([[0, 1], [2, 2]])
     writer = OutputDataset(Location(str(tmp_path)))
