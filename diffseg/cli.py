@@ -19,10 +19,7 @@ from .model import DTYPES, ModelLoadError
 from .preprocess import ImageError, PreparedImage
 from .segmenter import DiffSeg
 from .streaming import stream
-from .visualize import label_image, overlay, to_image
-
-SUFFIXES = (".mask.png", ".overlay.png")
-"""The files of each image: NAME.mask.png (its label map) and NAME.overlay.png."""
+from .visualize import FILE_SUFFIXES, label_image, overlay, to_image
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,7 +78,7 @@ def _run(segmenter: DiffSeg, jobs: list[tuple[Path, str]], out: Path, batch_size
     """Segment and save every job, reporting bad images as skipped, in input order; images are batched by
     processing size (`stream`)."""
     skipped = 0
-    names = FileNames(out, SUFFIXES)
+    names = FileNames(out, FILE_SUFFIXES)
     targets = [names.claim(name) for name in _unique_names(jobs)]
     prepared = ((target, _prepared(segmenter, file)) for (file, _), target in zip(jobs, targets))
     with tqdm(total=len(jobs), unit="img", file=sys.stderr) as progress:
@@ -115,6 +112,6 @@ def _unique_names(jobs: list[tuple[Path, str]]) -> list[str]:
 def _save(target: Path, image: PreparedImage, labels: torch.Tensor) -> None:
     """Write the image's files at `target` (a stem from `FileNames`)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    mask, overlay_file = (target.with_name(target.name + suffix) for suffix in SUFFIXES)
+    mask, overlay_file = (target.with_name(target.name + suffix) for suffix in FILE_SUFFIXES)
     label_image(labels).save(mask)
     overlay(to_image(image.pixels), labels).save(overlay_file)

@@ -9,6 +9,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+FILE_SUFFIXES = (".mask.png", ".overlay.png")
+"""The files written per image by the CLI and the PNG export: NAME.mask.png (the label map, `label_image`) and
+NAME.overlay.png (the photo under the colored segments, `overlay`)."""
+
 
 def label_image(labels: torch.Tensor) -> Image.Image:
     """The `(H, W)` label map as a single-channel image: 8-bit when labels fit, else 16-bit."""

@@ -28,13 +28,11 @@ import torch  # noqa: E402
 from diffseg.arguments import OneLineParser  # noqa: E402
 from diffseg.config import DiffSegConfig  # noqa: E402
 from diffseg.filenames import FileNames  # noqa: E402
-from diffseg.visualize import colorize, overlay  # noqa: E402
-from pipeline.labeling.output import OutputDataset, decode_mask, manifest_config  # noqa: E402
+from diffseg.visualize import FILE_SUFFIXES, colorize, overlay  # noqa: E402
+from pipeline.labeling.output import OutputDataset, decode_mask, manifest_columns, manifest_config  # noqa: E402
 from pipeline.labeling.sources import ParquetColumns  # noqa: E402
 from pipeline.labeling.storage import Location, StorageError, parse_storage_options  # noqa: E402
 from pipeline.viewing.photos import labeled_photo  # noqa: E402
-
-SUFFIXES = (".mask.png", ".overlay.png")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,13 +42,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="local folder for the PNG files")
     parser.add_argument("--storage-options", default=None, help="JSON object of fsspec options")
     args = parser.parse_args(argv)
-    names = FileNames(args.out, SUFFIXES)
+    names = FileNames(args.out, FILE_SUFFIXES)
     exported, without_photo = 0, []
     try:
         output = Location(args.output, parse_storage_options(args.storage_options))
         dataset = OutputDataset(output)
         manifest = dataset.manifest()
-        config, columns = manifest_config(manifest), ParquetColumns(**manifest.get("columns") or {})
+        config, columns = manifest_config(manifest), manifest_columns(manifest)
         for row in dataset.rows(["image_id", "source_uri", "mask", "status"], batch_size=16):
             if row["status"] == "ok":
                 reason = _export(row, names.claim(row["image_id"]), config, output.storage_options, columns)
@@ -76,7 +74,7 @@ def _export(row: dict[str, Any], target: Path, config: DiffSegConfig, storage_op
     """Write the row's mask and overlay at `target` (a stem from `FileNames`); returns why the overlay has no
     photo, or None."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    mask_file, overlay_file = (target.with_name(target.name + suffix) for suffix in SUFFIXES)
+    mask_file, overlay_file = (target.with_name(target.name + suffix) for suffix in FILE_SUFFIXES)
     mask_file.write_bytes(row["mask"])
     labels = torch.from_numpy(decode_mask(row["mask"]))
     try:

@@ -110,7 +110,7 @@ def fit(shape: ActorShape, nodes: list[Node], available: dict[str, float], wante
     if count > now and not autoscaling:
         asked = f"--num-actors {wanted}: " if wanted else ""
         raise JobError(f"{asked}the cluster can host {now} actor(s) of {shape.describe()} now "
-                       f"({cluster_summary(nodes, available)}); try {_fix(shape, nodes, available, count)}, or "
+                       f"({cluster_summary(nodes, available)}); try {_fix(shape, nodes, available, now, count)}, or "
                        "--startup-timeout to let an autoscaler add nodes")
     return Actors(min(count, shards), shape)
 
@@ -124,9 +124,9 @@ def cluster_summary(nodes: list[Node], available: dict[str, float]) -> str:
     return f"{listed or 'no node'}{more}; {free}"
 
 
-def _fix(shape: ActorShape, nodes: list[Node], available: dict[str, float], wanted: int) -> str:
-    """What the user can change: fewer actors, or a smaller request of each resource that falls short."""
-    now = hostable(shape, nodes, available)
+def _fix(shape: ActorShape, nodes: list[Node], available: dict[str, float], now: int, wanted: int) -> str:
+    """What the user can change: fewer actors (`now` fit), or a smaller request of each resource that falls
+    short."""
     fixes = [f"--num-actors {now}"] if now else []
     for flag, resource in (("--gpus-per-actor", "gpus"), ("--cpus-per-actor", "cpus"),
                            ("--memory-per-actor", "memory")):

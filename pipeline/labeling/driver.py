@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -280,7 +281,7 @@ def _not_placed(count: int, unplaced: int, shape: ActorShape, startup_timeout: f
             "again, or give --startup-timeout to wait for it")
 
 
-def _report_startup(unplaced: list[int], placed: dict[int, float], loading: Any, shape: ActorShape,
+def _report_startup(unplaced: list[int], placed: dict[int, float], loading: Iterable[int], shape: ActorShape,
                     now: float) -> None:
     """One line each for actors waiting for a node and replicas slow to load their model."""
     if unplaced:

@@ -29,7 +29,7 @@ class LabelJob:
     """Images per shard for image-folder inputs."""
     columns: ParquetColumns = field(default_factory=ParquetColumns)
     num_actors: int | None = None
-    """Model replicas; None: one per GPU (per `gpus_per_actor`), or one per node without GPUs."""
+    """Model replicas; None: as many as the cluster can host now (`capacity.fit`)."""
     gpus_per_actor: float | None = None
     """None: 1 when the cluster has GPUs, else 0 (CPU)."""
     cpus_per_actor: float | None = None

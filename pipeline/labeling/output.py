@@ -29,6 +29,7 @@ from PIL import Image
 
 from diffseg import DiffSegConfig
 
+from .sources import ParquetColumns
 from .storage import Location, StorageError
 
 SCHEMA = pa.schema([
@@ -100,6 +101,11 @@ def manifest_config(manifest: dict[str, Any]) -> DiffSegConfig:
     """The algorithm settings a manifest records (settings this version does not know are left out)."""
     known = {f.name for f in dataclasses.fields(DiffSegConfig)}
     return DiffSegConfig(**{k: v for k, v in manifest.get("config", {}).items() if k in known})
+
+
+def manifest_columns(manifest: dict[str, Any]) -> ParquetColumns:
+    """The Parquet input columns a manifest records (what reading a row's source back needs)."""
+    return ParquetColumns(**manifest.get("columns") or {})
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..labeling.output import FILE, OutputDataset, decode_mask, manifest_config
+from ..labeling.output import FILE, OutputDataset, decode_mask, manifest_columns, manifest_config
 from ..labeling.sources import ParquetColumns
 from ..labeling.storage import Location
 from .pages import display_size, failure_list, figure, paint, resize_nearest, segment_colors, spread, text, write_page
@@ -76,7 +76,7 @@ def overview(output: Location, sample: int = 24) -> Overview:
     picked = [ok[i] for i in spread(len(ok), sample)]
     config = manifest_config(manifest)
     provenance: dict[str, dict[str, Any]] = {}
-    columns = ParquetColumns(**manifest.get("columns") or {})
+    columns = manifest_columns(manifest)
     for row in dataset.take(picked, ["image_id", "source_uri", "num_segments", "mask", FILE]):
         file = row[FILE]
         if file not in provenance:
