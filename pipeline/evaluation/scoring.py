@@ -294,8 +294,10 @@ def score_predictions(output: Location, dataset: LabeledDataset, limit: int | No
                 if loaded.prediction.shape != loaded.label.shape:
                     raise ValueError(f"mask is {loaded.prediction.shape[1]}x{loaded.prediction.shape[0]} pixels, "
                                      f"the ground truth {loaded.label.shape[1]}x{loaded.label.shape[0]}")
+            except ImageError as error:
+                loaded.error = error.reason
             except (ValueError, OSError) as error:
-                loaded.error = str(error).removeprefix(f"{example.image_id}: ")
+                loaded.error = str(error)
             yield loaded
 
     with _bar(len(examples), progress) as bar:
