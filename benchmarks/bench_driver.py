@@ -36,6 +36,7 @@ class NoopSegmenter:
 
     info: dict[str, Any] = {"model": "noop", "source": "benchmark", "revision": None, "weights": None,
                             "random_weights": True}
+    device = torch.device("cpu")
 
     def prepare(self, data: bytes, name: str | None = None) -> PreparedImage:
         return PreparedImage(name or "", torch.zeros(3, 64, 64), (8, 8), (8, 8))

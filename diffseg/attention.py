@@ -1,9 +1,12 @@
 """Capture of the self-attention probabilities of a diffusers UNet during one forward pass.
 
 A `SelfAttentionCapture` installs a processor on every self-attention layer of a `UNet2DConditionModel`.
-The processor computes the attention output itself (so the probabilities are computed once and used
-twice), adds the head-averaged probabilities in fp32 to a running sum kept per token count, and leaves
-the layer's output unchanged up to rounding. Cross-attention layers keep their stock processor.
+The processor adds the head-averaged probabilities in fp32 to a running sum kept per token count, computed in
+chunks of queries with one sum over the heads, and leaves the layer's output unchanged up to rounding: on a GPU
+the output comes from PyTorch's fused attention (SDPA, the stock processor's own kernel) and the probabilities
+are computed for the capture only, in chunks sized from the device's free memory; on CPU the fp32 probabilities,
+computed anyway, also give the output (one more product, cheaper there than SDPA: see `fused_output`).
+Cross-attention layers keep their stock processor.
 """
 
 from __future__ import annotations
@@ -11,12 +14,16 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
-# Elements (not bytes) of one chunk of attention scores: 2**25 fp32 values are 128 MiB. Chunking over
-# queries bounds the working memory; the buffers are reused across layers and forwards because fresh
-# multi-hundred-MiB allocations cost more in page faults than the matmuls they hold.
 CHUNK_ELEMENTS = 2**25
+"""Elements (not bytes) of one chunk of attention scores on CPU: 2**25 fp32 values are 128 MiB. Chunking over
+queries bounds the working memory; the buffers are reused across layers and forwards because fresh
+multi-hundred-MiB allocations cost more in page faults than the matmuls they hold."""
+DEVICE_MEMORY_SHARE = 0.25
+"""On a GPU, the share of the device's free memory (when the capture first runs) that one chunk's scores,
+probabilities and head sum may take: the whole layer at once for batch 8 at 512 px on a 40 GB+ GPU."""
 
 
 class SelfAttentionCapture:
@@ -40,6 +47,7 @@ class SelfAttentionCapture:
         self._sums: dict[int, torch.Tensor] = {}
         self._counts: dict[int, int] = {}
         self._buffers: dict[tuple, torch.Tensor] = {}
+        self._chunks: dict[torch.device, int] = {}
         processor = _CaptureProcessor(self)
         for layer in self.layers:
             layer.set_processor(processor)
@@ -93,7 +101,23 @@ class SelfAttentionCapture:
         self._counts[tokens] += 1
         return self._sums[tokens]
 
+    def _chunk_elements(self, device: torch.device) -> int:
+        """Scores per chunk on `device`: `CHUNK_ELEMENTS` on CPU; on a GPU, as many as `DEVICE_MEMORY_SHARE` of its
+        free memory holds (half-precision scores, fp32 probabilities and head sum: at most 10 bytes each),
+        measured once per device since the capture's own buffers are kept."""
+        if device.type != "cuda":
+            return CHUNK_ELEMENTS
+        if device not in self._chunks:
+            free, _ = torch.cuda.mem_get_info(device)
+            self._chunks[device] = max(CHUNK_ELEMENTS, int(free * DEVICE_MEMORY_SHARE) // 10)
+        return self._chunks[device]
+
     def _buffer(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, tag: str) -> torch.Tensor:
+        """Scratch memory of `shape`: on CPU kept for the next layer and forward (see `CHUNK_ELEMENTS`); on a GPU
+        fresh from PyTorch's caching allocator, which reuses blocks without a cost, so that the memory is free for
+        the post-processing between forwards."""
+        if device.type != "cpu":
+            return torch.empty(shape, dtype=dtype, device=device)
         key = (tag, dtype, device)
         size = math.prod(shape)
         buffer = self._buffers.get(key)
@@ -154,18 +178,23 @@ class _CaptureProcessor:
         return hidden_states / attn.rescale_output_factor
 
     def _attend(self, attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """softmax(q k^T * scale) v, chunked over queries, adding the head-mean probabilities to the capture."""
+        """softmax(q k^T * scale) v, adding the head-mean probabilities to the capture in chunks of queries."""
         capture = self.capture
         batch, heads, tokens, _ = query.shape
         device, dtype = query.device, query.dtype
+        fused = fused_output(device)
         # Probabilities are wanted in fp32 anyway. On CPU, fp32 products are also faster than casting them
         # back to bf16 for the value product; on GPUs the half-precision products are much faster.
         work = torch.float32 if attn.upcast_attention or device.type == "cpu" else dtype
-        key_t = (key.to(work) * attn.scale).transpose(-1, -2)
-        value = value.to(work)
+        # Made contiguous once per layer: a transposed view would be copied again by every chunk's product.
+        key_t = (key.to(work) * attn.scale).transpose(-1, -2).contiguous()
         total = capture._running_sum(tokens, batch, device)
-        out = torch.empty_like(query)
-        chunk = max(1, min(tokens, CHUNK_ELEMENTS // (batch * heads * tokens)))
+        if fused:
+            out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
+        else:
+            out = torch.empty_like(query)
+            value = value.to(work).contiguous()
+        chunk = max(1, min(tokens, capture._chunk_elements(device) // (batch * heads * tokens)))
         for start in range(0, tokens, chunk):
             stop = min(start + chunk, tokens)
             shape = (batch, heads, stop - start, tokens)
@@ -176,10 +205,16 @@ class _CaptureProcessor:
             else:
                 probs = capture._buffer(shape, torch.float32, device, "probs")
                 torch.softmax(scores, dim=-1, dtype=torch.float32, out=probs)
-            rows = total[:, start:stop]
-            for head in range(heads):
-                rows.add_(probs[:, head], alpha=1.0 / heads)
-            if work != torch.float32:
-                probs = scores.copy_(probs)
-            out[:, :, start:stop] = torch.matmul(probs, value)
+            head_sum = capture._buffer((batch, stop - start, tokens), torch.float32, device, "head_sum")
+            total[:, start:stop].add_(torch.sum(probs, dim=1, out=head_sum), alpha=1.0 / heads)
+            if not fused:
+                out[:, :, start:stop] = torch.matmul(probs, value)
         return out
+
+
+def fused_output(device: torch.device) -> bool:
+    """Whether layers on `device` take their output from PyTorch's fused attention (SDPA) and compute the
+    probabilities for the capture only. On GPUs the fused kernel is much faster than a product with the
+    probabilities; on CPU the fp32 probabilities, computed anyway, give the output for one more product (measured
+    faster than SDPA, see benchmarks/README.md)."""
+    return device.type != "cpu"

@@ -10,8 +10,8 @@ import torch
 EPS = 1e-10
 
 
-def anchor_grid(height: int, width: int, num_points: int) -> torch.Tensor:
-    """Flat indices `y*width + x` of the anchor points on an `height x width` query grid.
+def anchor_grid(height: int, width: int, num_points: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Flat indices `y*width + x` of the anchor points on an `height x width` query grid, on `device`.
 
     The official grid for a 64x64 grid and M points per side has step `s = 63 // (M-1)`, span
     `t = s*(M-1)` and starts at `(63-t)//2` (1, 5, ..., 61 for M = 16). An oblong grid uses the step of
@@ -24,7 +24,7 @@ def anchor_grid(height: int, width: int, num_points: int) -> torch.Tensor:
         count = (size - 1) // step + 1 if size > 1 else 1
         count = min(count, num_points)
         span = step * (count - 1)
-        return (size - 1 - span) // 2 + step * torch.arange(count)
+        return (size - 1 - span) // 2 + step * torch.arange(count, device=device)
 
     ys, xs = axis(height), axis(width)
     return (ys[:, None] * width + xs[None, :]).reshape(-1)
@@ -61,24 +61,43 @@ def merge(attention: torch.Tensor, grid: tuple[int, int], num_points: int,
         num_points: anchor grid side, see `anchor_grid`.
         thresholds: one threshold per pass.
     """
+    return merge_batch([attention], grid, num_points, thresholds)[0]
+
+
+def merge_batch(attentions: Sequence[torch.Tensor], grid: tuple[int, int], num_points: int,
+                thresholds: Sequence[float]) -> list[torch.Tensor]:
+    """`merge` for the attention of several images of one grid. Each pass runs on all of them before its
+    grouping step on the host, so on a GPU a batch waits for the device once per pass, not once per image."""
+    proposals = [_anchor_pass(attention, grid, num_points, thresholds[0]) for attention in attentions]
+    for threshold in thresholds[1:]:
+        close = [symmetric_kl(p, p) < threshold for p in proposals]
+        on_host = [c.cpu() for c in close]
+        proposals = [_merge_groups(p, c) for p, c in zip(proposals, on_host)]
+    return proposals
+
+
+def _anchor_pass(attention: torch.Tensor, grid: tuple[int, int], num_points: int, threshold: float) -> torch.Tensor:
+    """Pass 0 of `merge`: `(A, N)` means of the maps within `threshold` of each anchor; no host synchronization."""
     log_attention = attention.clamp_min(EPS).log_()
-    anchors = anchor_grid(*grid, num_points).to(attention.device)
+    anchors = anchor_grid(*grid, num_points, device=attention.device)
     distance = symmetric_kl(attention[anchors], attention, log_attention[anchors], log_attention)
-    members = distance < thresholds[0]
+    del log_attention
+    members = distance < threshold
     # An anchor always belongs to its own group, whatever rounding does to its zero distance.
     members[torch.arange(len(anchors), device=members.device), anchors] = True
     members = members.to(attention.dtype)
-    proposals = (members @ attention) / members.sum(dim=1, keepdim=True)
-    for threshold in thresholds[1:]:
-        proposals = merge_pass(proposals, threshold)
-    return proposals
+    return (members @ attention) / members.sum(dim=1, keepdim=True)
 
 
 def merge_pass(proposals: torch.Tensor, threshold: float) -> torch.Tensor:
     """One later merging pass over `(K, N)` proposals (key distributions): walk them in order; one already
     matched is skipped; otherwise it and every proposal within `threshold` of it (matched ones included) are
     marked matched and replaced by their mean. Returns the `(K', N)` means, K' <= K, in the order emitted."""
-    close = (symmetric_kl(proposals, proposals) < threshold).cpu()
+    return _merge_groups(proposals, (symmetric_kl(proposals, proposals) < threshold).cpu())
+
+
+def _merge_groups(proposals: torch.Tensor, close: torch.Tensor) -> torch.Tensor:
+    """The means of `merge_pass`'s groups, from the `(K, K)` closeness of the proposals (a CPU bool tensor)."""
     matched = torch.zeros(len(proposals), dtype=torch.bool)
     groups = []
     for i in range(len(proposals)):
@@ -88,5 +107,8 @@ def merge_pass(proposals: torch.Tensor, threshold: float) -> torch.Tensor:
         group[i] = True
         matched |= group
         groups.append(group)
-    members = torch.stack(groups).to(device=proposals.device, dtype=proposals.dtype)
+    members = torch.stack(groups)
+    if proposals.device.type == "cuda":  # pinned, so that the copy does not wait for the device's queue
+        members = members.pin_memory()
+    members = members.to(device=proposals.device, dtype=proposals.dtype, non_blocking=True)
     return (members @ proposals) / members.sum(dim=1, keepdim=True)

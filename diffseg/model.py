@@ -43,6 +43,7 @@ class LoadedModel:
 
     unet: UNet2DConditionModel
     vae: AutoencoderKL
+    """The VAE's encoder side only (see `_encoder_only`)."""
     context: torch.Tensor
     """Empty-prompt text embedding `(1, tokens, dim)` on the model's device and dtype."""
     info: dict[str, Any]
@@ -75,7 +76,15 @@ def load_model(model: str = DEFAULT_MODEL, device: str | torch.device = "cpu",
         info["weights"] = weight_digests(Path(folder))
     context = empty_prompt_embedding(tokenizer, text_encoder).to(device=device, dtype=dtype)
     del text_encoder
-    return LoadedModel(_ready(unet, device, dtype), _ready(vae, device, dtype), context, info)
+    return LoadedModel(_ready(unet, device, dtype), _ready(_encoder_only(vae), device, dtype), context, info)
+
+
+def _encoder_only(vae: AutoencoderKL) -> AutoencoderKL:
+    """`vae` without its decoder (about 60% of its weights), which DiffSeg never runs: less to move to and keep
+    on the device. `encode` works as before; `decode` no longer does."""
+    vae.decoder = None
+    vae.post_quant_conv = None
+    return vae
 
 
 def _ready(module: torch.nn.Module, device: str | torch.device, dtype: torch.dtype) -> torch.nn.Module:

@@ -10,7 +10,7 @@ from .aggregate import aggregate
 from .baselines import kmeans_proposals
 from .config import DiffSegConfig
 from .labels import label_map
-from .merge import merge
+from .merge import merge_batch
 from .refine import refine
 
 
@@ -31,35 +31,41 @@ def segment_from_attention(
             pixel size of the image the UNet saw).
 
     Returns:
-        int64 labels `(B, height, width)`, or `(height, width)` for unbatched maps; per image 0..K-1.
+        labels `(B, height, width)`, or `(height, width)` for unbatched maps; per image 0..K-1, in the smallest
+        integer dtype that holds the batch's labels (uint8 up to 256 proposals, see `labels.label_dtype`).
     """
-    config = config or DiffSegConfig()
-    images, grid, output_size, batched = _unbatch(maps, output_size)
-    labels = torch.stack([_segment_one(image, grid, config, output_size) for image in images])
-    return labels if batched else labels[0]
-
-
-def _unbatch(maps: Sequence[torch.Tensor], output_size: tuple[int, int] | None
-            ) -> tuple[list[list[torch.Tensor]], tuple[int, int], tuple[int, int], bool]:
-    """Per-image lists of per-resolution maps from batched `(B, h, w, h, w)` or single `(h, w, h, w)` maps,
-    with the finest grid, the output size (default: that grid upsampled 8x) and whether `maps` was batched."""
     batched = maps[0].ndim == 5
     if any(m.ndim != (5 if batched else 4) for m in maps):
         raise ValueError("attention maps must all be (B, h, w, h, w) or all (h, w, h, w)")
-    if not batched:
-        maps = [m.unsqueeze(0) for m in maps]
-    grid = max((tuple(m.shape[1:3]) for m in maps), key=lambda g: g[0] * g[1])
-    output_size = tuple(output_size) if output_size is not None else (grid[0] * 8, grid[1] * 8)
-    return [[m[b] for m in maps] for b in range(maps[0].shape[0])], grid, output_size, batched
+    images = [list(image) for image in zip(*maps)] if batched else [list(maps)]
+    grid = _finest(images[0])
+    size = tuple(output_size) if output_size is not None else (grid[0] * 8, grid[1] * 8)
+    labels = segment_images(images, config, [size] * len(images))
+    return torch.stack(labels) if batched else labels[0]
 
 
-def _segment_one(maps: list[torch.Tensor], grid: tuple[int, int], config: DiffSegConfig,
-                 output_size: tuple[int, int]) -> torch.Tensor:
-    attention = aggregate(maps, config.weights)
+def segment_images(images: Sequence[Sequence[torch.Tensor]], config: DiffSegConfig | None,
+                   output_sizes: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+    """`segment_from_attention` for a batch of images of one grid, each with its own output size: per image,
+    its per-resolution `(h, w, h, w)` maps in, its label map out (on the maps' device, in `label_dtype` of its
+    proposal count).
+
+    The batch goes through each step together, so on a GPU it waits for the device once per merging pass
+    rather than once per image and pass, and the label maps are left on the device for the caller to copy.
+    """
+    config = config or DiffSegConfig()
+    grid = _finest(images[0])
+    attentions = [aggregate(maps, config.weights) for maps in images]
     if config.method == "kmeans-c":
-        proposals = kmeans_proposals(attention, config.num_clusters)
+        proposals = [kmeans_proposals(attention, config.num_clusters) for attention in attentions]
     else:
-        proposals = merge(attention, grid, config.num_points, config.thresholds)
+        proposals = merge_batch(attentions, grid, config.num_points, config.thresholds)
         if config.refine:
-            proposals = refine(attention, proposals)
-    return label_map(proposals, grid, output_size)
+            proposals = [refine(attention, p) for attention, p in zip(attentions, proposals)]
+    del attentions
+    return [label_map(p, grid, tuple(size)) for p, size in zip(proposals, output_sizes)]
+
+
+def _finest(maps: Sequence[torch.Tensor]) -> tuple[int, int]:
+    """The finest query grid `(H, W)` among one image's `(h, w, h, w)` maps."""
+    return max((tuple(m.shape[:2]) for m in maps), key=lambda g: g[0] * g[1])

@@ -13,8 +13,14 @@ from .config import DiffSegConfig
 from .defaults import DEFAULT_MODEL, MAX_PIXELS
 from .model import LoadedModel, load_model
 from .preprocess import ImageInput, PreparedImage, prepare
-from .segment import segment_from_attention
+from .segment import segment_images
 from .streaming import stream
+
+GPU_BATCH_SIZE = 8
+"""Images per forward on a GPU by default: enough to fill a data-center GPU at 512 px (benchmarks/README.md)."""
+GPU_MEMORY_PER_IMAGE = 2 * 2**30
+"""Bytes of device memory one image of a batch may need at 512 px, with room to spare: its activations, its
+captured maps (68 MiB fp32), its share of the capture's chunks and its post-processing (2 x 64 MiB)."""
 
 
 class DiffSeg:
@@ -22,12 +28,12 @@ class DiffSeg:
 
     Per batch of same-size images: VAE posterior mean x scaling factor, one UNet forward at `config.timestep`
     with the empty-prompt context and no noise, capture of the 16 self-attention layers, then aggregation,
-    iterative KL merging and per-pixel argmax (`segment_from_attention`).
+    iterative KL merging and per-pixel argmax (`segment_images`).
 
     Example::
 
         segmenter = DiffSeg.from_pretrained("CompVis/stable-diffusion-v1-4")
-        labels = segmenter.segment(["cat.jpg", "street.png"])  # [(H, W) int64 tensors]
+        labels = segmenter.segment(["cat.jpg", "street.png"])  # [(H, W) uint8 tensors]
     """
 
     def __init__(self, model: LoadedModel, config: DiffSegConfig | None = None,
@@ -65,6 +71,15 @@ class DiffSeg:
         return self.model.context.dtype
 
     @property
+    def default_batch_size(self) -> int:
+        """Images per forward when none is asked for: 1 on CPU, where a batch only adds latency; on a GPU
+        `GPU_BATCH_SIZE`, or as many as `GPU_MEMORY_PER_IMAGE` each fit in the device memory that is free."""
+        if self.device.type != "cuda":
+            return 1
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return max(1, min(GPU_BATCH_SIZE, int(free // GPU_MEMORY_PER_IMAGE)))
+
+    @property
     def info(self) -> dict[str, Any]:
         """Provenance of the model and settings: model identity, config and its hash, device, dtype."""
         return {**self.model.info, "config": self.config.to_dict(), "config_hash": self.config.config_hash(),
@@ -75,8 +90,9 @@ class DiffSeg:
         return prepare(image, self.config, name=name, max_pixels=self.max_pixels)
 
     def segment(self, images: Iterable[ImageInput], batch_size: int = 1) -> list[torch.Tensor]:
-        """Label maps `(H, W)` int64 (on CPU) for each image, at its original size (crop="none") or
-        resolution x resolution (crop="center"). Raises `ImageError` naming the first bad image."""
+        """Label maps `(H, W)` (on CPU; uint8 up to 256 proposals, see `labels.label_dtype`) for each image, at its
+        original size (crop="none") or resolution x resolution (crop="center"). Raises `ImageError` naming the
+        first bad image."""
         return self.segment_prepared([self.prepare(image) for image in images], batch_size)
 
     def segment_prepared(self, images: Sequence[PreparedImage], batch_size: int = 1) -> list[torch.Tensor]:
@@ -88,9 +104,16 @@ class DiffSeg:
 
     def segment_batch(self, images: Sequence[PreparedImage], batch_size: int) -> list[torch.Tensor]:
         """Label maps (as `segment`) of 1 to `batch_size` images of one processing size, from one forward (see
-        `attention_batch`)."""
-        return [segment_from_attention(maps, self.config, image.mask_size).cpu()
-                for image, maps in zip(images, self.attention_batch(images, batch_size))]
+        `attention_batch`), post-processed together on the model's device (`label_batch`)."""
+        return self.label_batch(images, self.attention_batch(images, batch_size))
+
+    def label_batch(self, images: Sequence[PreparedImage], maps: Sequence[Sequence[torch.Tensor]]
+                    ) -> list[torch.Tensor]:
+        """The label maps (as `segment`, on CPU) of `images` from their `attention_batch` maps, post-processed
+        together on the maps' device (`segment_images`). Separate from the forward so that a GPU can run one
+        batch's post-processing while it runs the next batch's forward (see `overlap.Overlapped`)."""
+        labels = segment_images(maps, self.config, [image.mask_size for image in images])
+        return [label.cpu() for label in labels]
 
     def attention_batch(self, images: Sequence[PreparedImage], batch_size: int) -> list[list[torch.Tensor]]:
         """Per image of 1 to `batch_size` images of one processing size, from one forward: its per-resolution

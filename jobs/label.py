@@ -48,11 +48,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-actor", type=float, default=None,
                    help="default: 1 when the cluster has GPUs, else 0; fractions share a GPU")
     p.add_argument("--cpus-per-actor", type=float, default=None,
-                   help="default: 2 with GPUs, else the CPUs of the smallest node")
+                   help="default: with GPUs, the CPUs that come with them on a node; else those of the smallest node")
     p.add_argument("--memory-per-actor", type=float, default=None, metavar="GIB",
                    help="host memory each actor reserves, in GiB (default: 6 for CPU actors, 4 with GPUs, 1 for "
                         "the tiny model; 0 reserves none)")
-    p.add_argument("--batch-size", type=int, default=1, help="images per UNet forward (default 1)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per UNet forward (default: 8 on a GPU, fewer if its memory is small; 1 on CPU)")
     p.add_argument("--dtype", choices=PRECISIONS, default=None,
                    help="model precision (default: float16 on GPU, float32 on CPU)")
     add_algorithm_arguments(p)
@@ -101,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     from diffseg import ModelLoadError
-    from pipeline.labeling.driver import JobError, connect, execute, plan
+    from pipeline.labeling.driver import JobError, connect, disconnect, execute, plan
     from pipeline.labeling.output import OutputConflict
 
     try:
@@ -112,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, StorageError, OutputConflict, ModelLoadError, JobError, ConnectionError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        disconnect()
     print(f"{summary.images_ok} image(s) labeled, {summary.images_failed} failed, "
           f"{summary.shards_written} shard(s) written, {summary.shards_skipped} already done, "
           f"{summary.shards_failed} failed; masks in {summary.output}"

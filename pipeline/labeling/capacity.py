@@ -17,6 +17,10 @@ ACTOR_MEMORY = {"tiny": 1 * GIB, "cpu": 6 * GIB, "gpu": 4 * GIB}
 needs little; a full-size SD 1.x replica on CPU peaked at 4.35 GiB RSS (fp32, 512 px, benchmarks/README.md),
 and a GPU replica keeps its weights on the device but loads them through host memory first."""
 
+GPU_ACTOR_CPUS = 2.0
+"""CPUs of a GPU actor on a cluster that has no GPU node to take the shape from (the job is then refused or waits
+for an autoscaler, and this is the request it names)."""
+
 
 class JobError(RuntimeError):
     """The job cannot start; the message says why in one line."""
@@ -73,14 +77,17 @@ def actor_shape(nodes: list[Node], model: str, gpus_per_actor: float | None = No
                 cpus_per_actor: float | None = None, memory_per_actor: float | None = None) -> ActorShape:
     """Each actor's request: the flags given, else the defaults.
 
-    GPUs: 1 when any node has a GPU, else 0 (CPU actors). CPUs: 2 for GPU actors; for CPU actors the CPUs of the
-    smallest node that has any (one actor uses a whole node's cores). Memory: `ACTOR_MEMORY`.
+    GPUs: 1 when any node has a GPU, else 0 (CPU actors). CPUs: for GPU actors, their share of the CPUs of the GPU
+    node with the fewest CPUs per GPU (decoding, statistics and PNG encoding keep a GPU busy only with the cores
+    that come with it); for CPU actors the CPUs of the smallest node that has any (one actor uses a whole node's
+    cores). Memory: `ACTOR_MEMORY`.
     """
     gpus = gpus_per_actor if gpus_per_actor is not None else (1.0 if any(n.gpus for n in nodes) else 0.0)
     if cpus_per_actor is not None:
         cpus = cpus_per_actor
     elif gpus:
-        cpus = 2.0
+        per_gpu = min((n.cpus / n.gpus for n in nodes if n.gpus), default=GPU_ACTOR_CPUS / gpus)
+        cpus = max(1.0, math.floor(per_gpu * gpus))
     else:
         cpus = max(1.0, min((n.cpus for n in nodes if n.cpus), default=1.0))
     if memory_per_actor is None:

@@ -101,6 +101,12 @@ def connect(address: str | None = None) -> None:
         ray.init(address="local", include_dashboard=False, logging_level="WARNING")
 
 
+def disconnect() -> None:
+    """Leave the Ray cluster (stopping a private one). Ray forwards the actors' output to this process until
+    then, so whatever is printed after it comes after every forwarded line."""
+    ray.shutdown()
+
+
 def _check_reachable(address: str) -> None:
     """Fail fast when a `[ray://]HOST:PORT` address refuses connections or does not answer in `CONNECT_TIMEOUT`."""
     found = re.fullmatch(r"(?:ray://)?\[?([^\[\]/]+?)\]?:(\d+)", address)
@@ -208,7 +214,7 @@ def _start_actors(job: LabelJob, source: Location, output: Location, shards: int
     shape = pool.shape
     settings = WorkerSettings(model=job.model, config=job.config, revision=job.revision,
                               device="cuda" if shape.gpus else "cpu", dtype=job.dtype, batch_size=job.batch_size,
-                              max_pixels=job.max_pixels, threads=max(1, min(int(shape.cpus), os.cpu_count() or 1)))
+                              max_pixels=job.max_pixels, threads=max(1, int(shape.cpus)))
     remote = ray.remote(worker).options(num_cpus=shape.cpus, num_gpus=shape.gpus, memory=shape.memory or None,
                                         max_restarts=-1, max_task_retries=0, max_concurrency=IN_FLIGHT_PER_ACTOR)
     actors = [remote.remote(settings, Placement(source, output, job.columns)) for _ in range(pool.count)]

@@ -33,10 +33,12 @@ class LabelJob:
     gpus_per_actor: float | None = None
     """None: 1 when the cluster has GPUs, else 0 (CPU)."""
     cpus_per_actor: float | None = None
-    """None: 2 for GPU actors; the CPUs of the smallest node for CPU actors."""
+    """None: for GPU actors the CPUs that come with their GPUs on a node; the CPUs of the smallest node for CPU
+    actors (`capacity.actor_shape`)."""
     memory_per_actor: float | None = None
     """Bytes of host memory each actor reserves; None: `capacity.ACTOR_MEMORY`."""
-    batch_size: int = 1
+    batch_size: int | None = None
+    """Images per UNet forward; None: the replica's `DiffSeg.default_batch_size` (8 on a GPU, 1 on CPU)."""
     dtype: str | None = None
     max_pixels: int = MAX_PIXELS
     max_retries: int = 5

@@ -1,10 +1,13 @@
-"""Producing items in a background thread ahead of their consumer (storage and decoding ahead of the model)."""
+"""Producing items ahead of their consumer: in a background thread (storage and decoding ahead of the model), or
+in a pool of threads, in order (decoding images, encoding masks)."""
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
 from typing import Any
 
 _END = object()
@@ -49,3 +52,25 @@ def prefetch(produce: Callable[[], Iterator[Any]], depth: int) -> Iterator[Any]:
     finally:
         stop.set()
         thread.join()
+
+
+def pool_map(function: Callable[[Any], Any], items: Iterable[Any], pool: Executor, depth: int) -> Iterator[Any]:
+    """`function(item)` for each item, in input order, computed in `pool` up to `depth` items ahead of the consumer
+    (so at most `depth` inputs and results are held). `items` is read in the consumer's thread.
+
+    An exception of `function` is raised here when its item's turn comes, after the results before it; closing this
+    generator early cancels the work not yet started.
+    """
+    if depth < 1:
+        raise ValueError(f"depth must be at least 1, got {depth}")
+    pending: deque[Future] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()

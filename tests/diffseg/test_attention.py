@@ -68,6 +68,26 @@ def test_a_captured_layer_computes_the_stock_output_and_probabilities(unet):
     torch.testing.assert_close(maps.reshape(2, 96, 96), probs, rtol=bounds.maps(HEADS), atol=TINY)
 
 
+def test_the_fused_path_computes_the_stock_output_and_the_same_maps(unet, monkeypatch):
+    """GPUs take a layer's output from the fused kernel (SDPA) and compute probabilities for the capture only;
+    forced here on CPU, it must give the stock output and exactly the maps of the reference path (the same
+    probability computation)."""
+    layer = self_attention(unet)
+    hidden = torch.randn(2, 96, layer.to_q.in_features, generator=torch.Generator().manual_seed(0))
+    capture = SelfAttentionCapture(torch.nn.ModuleList([layer]))
+    with torch.inference_mode():
+        reference = layer(hidden)
+        (reference_maps,) = capture.maps((8, 12))
+        monkeypatch.setattr("diffseg.attention.fused_output", lambda device: True)
+        fused = layer(hidden)
+        (fused_maps,) = capture.maps((8, 12))
+        layer.set_processor(AttnProcessor2_0())
+        stock = layer(hidden)
+    assert torch.equal(fused, stock)
+    assert_within(fused, reference, attention_bounds(layer, hidden).output)
+    assert torch.equal(fused_maps, reference_maps)
+
+
 def test_every_captured_layer_of_a_forward_computes_the_stock_output_of_its_input(unet):
     """The capture leaves each layer's output unchanged up to rounding, at every resolution and head size (the
     UNet's output then is too: no other module is touched, see the next test)."""

@@ -21,6 +21,14 @@ def test_tiny_is_built_in_and_says_its_masks_are_meaningless(tiny):
     assert len(tiny.capture.layers) == 16
 
 
+def test_a_loaded_model_keeps_only_the_vae_encoder(tiny_folder):
+    loaded = DiffSeg.from_pretrained(str(tiny_folder), device="cpu")
+    vae = loaded.model.vae
+    assert vae.decoder is None and vae.post_quant_conv is None
+    names = {name.split(".")[0] for name, _ in vae.named_parameters()}
+    assert names == {"encoder", "quant_conv"}
+
+
 def test_tiny_is_deterministic():
     first, second = DiffSeg.from_pretrained("tiny", device="cpu"), DiffSeg.from_pretrained("tiny", device="cpu")
     for a, b in zip(first.model.unet.parameters(), second.model.unet.parameters()):

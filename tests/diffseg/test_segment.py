@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from diffseg import DiffSegConfig, segment_from_attention
+from diffseg.segment import segment_images
 from synthetic.attention import planted_attention, random_partition
 from tests.diffseg.planted import matched_miou
 
@@ -16,7 +17,7 @@ def test_planted_segmentation_is_recovered(grid, regions):
     partition = random_partition(*grid, regions=regions, seed=regions)
     labels = segment_from_attention(planted_attention(partition))
     truth = partition.repeat_interleave(8, 0).repeat_interleave(8, 1)
-    assert labels.shape == truth.shape and labels.dtype == torch.int64
+    assert labels.shape == truth.shape and labels.dtype == torch.uint8  # up to 256 proposals
     assert matched_miou(labels, truth) >= 0.95
 
 
@@ -40,6 +41,17 @@ def test_batched_maps_give_the_per_image_results():
     # Exact: a batch is segmented image by image, the same computation on the same values as one image alone.
     assert torch.equal(batched[0], segment_from_attention(first))
     assert torch.equal(batched[1], segment_from_attention(second))
+
+
+@pytest.mark.parametrize("config", [DiffSegConfig(), DiffSegConfig(refine=True),
+                                    DiffSegConfig(method="kmeans-c", num_clusters=4)])
+def test_a_batch_of_images_with_their_own_output_sizes_gives_each_its_own_result(config):
+    maps = [planted_attention(random_partition(24, 32, regions=r, seed=r), noise=0.3) for r in (3, 6, 9)]
+    sizes = [(192, 256), (300, 401), (24, 32)]
+    labels = segment_images(maps, config, sizes)
+    # Exact: each step runs the same computation on the same values for an image as it does alone.
+    for image, size, label in zip(maps, sizes, labels, strict=True):
+        assert torch.equal(label, segment_from_attention(image, config, size))
 
 
 def test_results_are_deterministic():

@@ -1,6 +1,9 @@
 import io
+import struct
+import zlib
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -47,3 +50,45 @@ def test_label_png_decodes_to_the_labels():
     labels = torch.arange(12).reshape(3, 4)
     decoded = np.asarray(Image.open(io.BytesIO(label_png(labels))))
     assert np.array_equal(decoded, labels.numpy())
+
+
+FITTING = [(dtype, count) for dtype in (torch.uint8, torch.int16, torch.int32, torch.int64)
+           for count in (1, 20, 256, 300, 65536) if count <= torch.iinfo(dtype).max + 1]
+"""Label dtypes with label counts they can hold: 8-bit PNGs up to 256 labels, 16-bit beyond."""
+
+
+@pytest.mark.parametrize(("dtype", "count"), FITTING)
+def test_label_png_of_any_integer_dtype_decodes_to_the_same_labels(dtype, count):
+    generator = torch.Generator().manual_seed(count)
+    coarse = torch.randint(0, count, (9, 13), generator=generator)
+    coarse[0, 0] = count - 1
+    labels = coarse.repeat_interleave(7, 0).repeat_interleave(5, 1).to(dtype)  # runs, like a segmentation
+    for given in (labels, labels.numpy(), labels.numpy().T, labels[:1], labels[:, :1]):
+        png = label_png(given)
+        with Image.open(io.BytesIO(png)) as image:
+            assert image.mode == ("L" if count <= 256 else "I;16")
+            assert np.array_equal(np.asarray(image), np.asarray(given))
+            assert np.array_equal(np.asarray(image), np.asarray(label_image(given)))
+
+
+def test_label_png_is_a_well_formed_png():
+    png = label_png(torch.arange(300).reshape(15, 20))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    position, kinds = 8, []
+    while position < len(png):
+        length, kind = struct.unpack(">I4s", png[position:position + 8])
+        data, crc = png[position + 8:position + 8 + length], png[position + 8 + length:position + 12 + length]
+        assert struct.unpack(">I", crc)[0] == zlib.crc32(kind + data)
+        kinds.append(kind)
+        position += 12 + length
+    assert kinds == [b"IHDR", b"IDAT", b"IEND"]
+    assert struct.unpack(">IIBBBBB", png[16:29]) == (20, 15, 16, 0, 0, 0, 0)  # 16-bit greyscale
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([[-1, 2]]), torch.tensor([[70000]]), torch.zeros(2, 2),
+                                 torch.zeros(2, 2, 2, dtype=torch.uint8)])
+def test_labels_that_are_not_an_image_are_refused(bad):
+    with pytest.raises(ValueError):
+        label_png(bad)
+    with pytest.raises(ValueError):
+        label_image(bad)

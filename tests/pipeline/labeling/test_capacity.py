@@ -31,9 +31,11 @@ def test_what_is_taken_elsewhere_in_the_cluster_is_not_hostable_now():
     assert hostable(ActorShape(2, 0, GIB), nodes, {"CPU": 5, "GPU": 0, "memory": 32 * GIB}) == 2
 
 
-def test_defaults_use_the_gpus_when_there_are_some_and_whole_nodes_otherwise():
-    gpu_cluster = [node(0, name="head"), node(8, 1), node(8, 1)]
-    assert actor_shape(gpu_cluster, "sd") == ActorShape(2, 1, 4 * GIB)
+def test_defaults_use_the_gpus_with_their_cpus_when_there_are_some_and_whole_nodes_otherwise():
+    gpu_cluster = [node(0, name="head"), node(8, 1), node(96, 8)]
+    assert actor_shape(gpu_cluster, "sd") == ActorShape(8, 1, 4 * GIB), "the CPUs that come with a GPU"
+    assert actor_shape(gpu_cluster, "sd", gpus_per_actor=0.5).cpus == 4
+    assert actor_shape([node(2)], "sd", gpus_per_actor=1).cpus == 2, "no GPU node to take the shape from"
     cpu_cluster = [node(0, name="head"), node(4), node(8)]
     assert actor_shape(cpu_cluster, "sd") == ActorShape(4, 0, 6 * GIB), "the smallest node with CPUs"
     assert actor_shape(cpu_cluster, "tiny").memory == GIB

@@ -48,7 +48,10 @@ def job(address: str, *args: str) -> subprocess.Popen:
 
 
 def summary_of(stdout: str) -> dict:
-    return json.loads(stdout.strip().splitlines()[-1])
+    """The job's JSON summary, which must be the last line it prints, after any line forwarded from its actors."""
+    last = stdout.strip().splitlines()[-1]
+    assert last.startswith("{"), f"the last line printed is not the summary: {stdout[-2000:]}"
+    return json.loads(last)
 
 
 @pytest.mark.integration

@@ -1,14 +1,29 @@
+import re
+import tarfile
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from diffseg import DiffSeg, DiffSegConfig
+from diffseg.preprocess import PreparedImage, prepare
 from diffseg.regions import regions
 from pipeline.labeling.output import OutputDataset, decode_mask
 from pipeline.labeling.sources import inventory
 from pipeline.labeling.storage import Location
 from pipeline.labeling.worker import LabelWorker, Placement, WorkerSettings
-from tests.pipeline.labeling.data import BOMB_LIMIT, bad_image_bytes, bad_images, good_images, read_output, write_files
+from synthetic.photos import photo
+from tests.pipeline.labeling.data import (
+    BOMB_LIMIT,
+    bad_image_bytes,
+    bad_images,
+    encoded,
+    good_images,
+    read_output,
+    tar_bytes,
+    write_files,
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +77,76 @@ def test_provenance_names_model_settings_software_and_input(worker_dirs):
     assert "git_commit" in provenance
     files = provenance["shard"]["files"]
     assert len(files) == 11 and files[0]["uri"].startswith(f"file://{folder}/") and files[0]["size"] > 0
+
+
+class Quantizer:
+    """Stands in for `DiffSeg`: the real preprocessing, then labels from each photo's own pixels (its brightness in 6
+    levels, at the mask size), so that every row tells which image it was made from."""
+
+    info = {"model": "quantizer", "source": "test", "revision": None, "weights": None, "random_weights": True}
+    device = torch.device("cpu")
+
+    def __init__(self, config: DiffSegConfig) -> None:
+        self.config = config
+
+    def prepare(self, data: bytes, name: str | None = None) -> PreparedImage:
+        return prepare(data, self.config, name=name, max_pixels=BOMB_LIMIT)
+
+    def segment_batch(self, images: list[PreparedImage], batch_size: int) -> list[torch.Tensor]:
+        levels = [((image.pixels.mean(0).numpy() + 1) * 3).clip(0, 5).astype(np.uint8) for image in images]
+        return [torch.from_numpy(np.array(Image.fromarray(level).resize(image.mask_size[::-1], Image.NEAREST)))
+                for level, image in zip(levels, images)]
+
+
+class QuantizingWorker(LabelWorker):
+    def build_segmenter(self) -> Quantizer:
+        return Quantizer(self.settings.config)
+
+
+@pytest.fixture
+def torch_threads():
+    """Workers with `threads` set torch's thread count for the whole process: put it back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def label_with(threads: int, source: Location, output: Location, batch_size: int | None = 2) -> list[dict]:
+    """The rows a worker with `threads` writes for the one shard of `source`; object addresses in errors (PIL's
+    messages name the stream) left out."""
+    worker = QuantizingWorker(WorkerSettings(model="quantizer", config=FAST, batch_size=batch_size, threads=threads),
+                              Placement(source, output))
+    [shard] = inventory(source).shards
+    worker.process(shard, run_id="run-1")
+    return [{**row, "error": row["error"] and re.sub(r" at 0x[0-9a-f]+", "", row["error"])}
+            for row in read_output(output.url)]
+
+
+def test_the_pools_keep_the_shards_order_and_its_error_rows_and_give_the_rows_of_one_thread(tmp_path, torch_threads):
+    # Photos of very different sizes take very different times to decode: the pool finishes them out of order.
+    images = {**good_images(14), **bad_image_bytes(), "img-big.png": encoded(photo(1200, 1000, seed=1))}
+    write_files(tmp_path / "in", images)
+    source = Location(str(tmp_path / "in"))
+    one = label_with(1, source, Location(str(tmp_path / "out-1")), batch_size=None)
+    four = label_with(4, source, Location(str(tmp_path / "out-4")))
+    assert one == four
+    # No batch size given and none from the stand-in model: one image per batch.
+    assert OutputDataset(Location(str(tmp_path / "out-1"))).provenance("part-00000.parquet")["batch_size"] == 1
+    assert [row["image_id"] for row in four] == sorted(images)
+    for row in four:
+        if row["image_id"].startswith("bad-"):
+            assert row["status"] == "error" and bad_images()[row["image_id"]] in row["error"]
+            continue
+        assert row["status"] == "ok"
+        with Image.open(tmp_path / "in" / row["image_id"]) as original:
+            expected = Quantizer(FAST).segment_batch([prepare(original, FAST)], 1)[0].numpy()
+        assert np.array_equal(decode_mask(row["mask"]), expected)
+
+
+def test_a_shard_that_cannot_be_read_raises_and_writes_nothing(tmp_path, torch_threads):
+    archive = tar_bytes(good_images(8))
+    write_files(tmp_path / "in", {"broken.tar": archive[:len(archive) // 2]})
+    output = Location(str(tmp_path / "out"))
+    with pytest.raises(tarfile.TarError):
+        label_with(2, Location(str(tmp_path / "in")), output)
+    assert output.files() == {}

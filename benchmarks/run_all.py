@@ -1,0 +1,70 @@
+"""Every benchmark on one machine, in one run, with all figures gathered in one JSON file.
+
+On a GPU (sized to finish in under 8 minutes on an H100/H200-class GPU):
+
+- `bench_core.py`: stock forward, capture and post-processing at batch 1, 4, 8 and 16, float16 and bfloat16,
+  synchronized timings in ms and peak GPU memory;
+- `bench_actor.py`: the CPU side of one actor (zero-cost model, 2-megapixel JPEGs) with all the machine's CPUs;
+- `bench_job.py --suite full`: the labeling job against an in-process loop at 512 px, batch 8, on the GPU:
+  images/s per GPU end to end.
+
+`--dry-run` runs the same scripts on CPU at the smallest sizes (a check that everything runs, in a few minutes;
+its figures mean little). Each script's own output is shown as it runs; the JSON has one entry per script.
+
+    python benchmarks/run_all.py [--out figures.json] [--dry-run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def plan(dry_run: bool, cpus: int) -> dict[str, list[str]]:
+    """The command-line arguments of each benchmark script."""
+    if dry_run:
+        return {"bench_core": ["--device", "cpu", "--dtype", "bfloat16", "--batch", "1", "--repeat", "1"],
+                "bench_actor": ["--images", "40", "--cpus-per-actor", str(min(2, cpus))],
+                "bench_job": ["--device", "cpu", "--suite", "tiny", "--tiny-images", "100"]}
+    return {"bench_core": ["--device", "cuda", "--dtype", "float16", "bfloat16", "--batch", "1", "4", "8", "16",
+                           "--repeat", "5"],
+            "bench_actor": ["--images", "600", "--cpus-per-actor", str(cpus)],
+            "bench_job": ["--device", "cuda", "--suite", "full", "--images", "1024", "--batch", "8"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="benchmark-figures.json", help="the JSON file to write")
+    parser.add_argument("--dry-run", action="store_true", help="on CPU, at the smallest sizes")
+    args = parser.parse_args()
+    cpus = os.cpu_count() or 1
+    figures = {"date": datetime.date.today().isoformat(), "dry_run": args.dry_run, "cpus": cpus, "benchmarks": {}}
+    with tempfile.TemporaryDirectory() as folder:
+        for script, arguments in plan(args.dry_run, cpus).items():
+            output = Path(folder) / f"{script}.json"
+            command = [sys.executable, str(HERE / f"{script}.py"), *arguments, "--json", str(output)]
+            print(f"\n$ {' '.join(command[1:])}", flush=True)
+            started = time.perf_counter()
+            finished = subprocess.run(command, cwd=HERE.parent)
+            entry = {"arguments": arguments, "seconds": round(time.perf_counter() - started, 1),
+                     "exit_code": finished.returncode}
+            if output.exists():
+                entry["figures"] = json.loads(output.read_text())
+            figures["benchmarks"][script] = entry
+            Path(args.out).write_text(json.dumps(figures, indent=2))  # after each script: a later crash keeps it
+    failed = [name for name, entry in figures["benchmarks"].items() if entry["exit_code"]]
+    print(f"\nfigures in {args.out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

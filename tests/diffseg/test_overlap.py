@@ -1,0 +1,64 @@
+"""Overlapped: batches submitted without waiting give the label maps of `segment_batch`, with bounded memory."""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from diffseg import DiffSeg
+from diffseg.overlap import IN_FLIGHT, Overlapped
+from synthetic.photos import photo
+
+
+class Counting(DiffSeg):
+    """Counts batches started and not yet labeled, and fails on an image named "bad"."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.lock, self.unfinished, self.most = threading.Lock(), 0, 0
+
+    def attention_batch(self, images, batch_size):
+        with self.lock:
+            self.unfinished += 1
+            self.most = max(self.most, self.unfinished)
+        if any(image.name == "bad" for image in images):
+            raise RuntimeError("device error")
+        return super().attention_batch(images, batch_size)
+
+    def label_batch(self, images, maps):
+        try:
+            return super().label_batch(images, maps)
+        finally:
+            with self.lock:
+                self.unfinished -= 1
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny):
+    return [tiny.prepare(photo(64, 64, seed=seed), name=str(seed)) for seed in range(6)]
+
+
+@pytest.mark.parametrize("post_thread", [False, True])
+def test_submitted_batches_give_the_label_maps_of_segment_batch_with_few_in_flight(tiny, prepared, post_thread):
+    batches = [prepared[i:i + 2] for i in range(0, len(prepared), 2)]
+    expected = [tiny.segment_batch(batch, 2) for batch in batches]  # first: replicas of one model share its capture
+    segmenter = Counting(tiny.model)
+    overlapped = Overlapped(segmenter, ThreadPoolExecutor(1), post_thread=post_thread)
+    futures = [overlapped.submit(batch, 2) for batch in batches]
+    for labels, wanted in zip(futures, expected, strict=True):
+        # Exact: the same forward and post-processing, on other threads.
+        for label, value in zip(labels, wanted, strict=True):
+            assert torch.equal(label.result(timeout=60), value)
+    assert 1 <= segmenter.most <= IN_FLIGHT
+
+
+def test_a_failing_batch_fails_each_of_its_images_and_not_the_next_batch(tiny, prepared):
+    overlapped = Overlapped(Counting(tiny.model), ThreadPoolExecutor(1), post_thread=True)
+    bad = tiny.prepare(photo(96, 64, seed=0), name="bad")
+    failed = overlapped.submit([prepared[0], bad], 2)
+    after = overlapped.submit(prepared[2:4], 2)
+    for future in failed:
+        with pytest.raises(RuntimeError, match="device error"):
+            future.result(timeout=60)
+    assert all(isinstance(future.result(timeout=60), torch.Tensor) for future in after)
