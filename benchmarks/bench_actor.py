@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffseg import DiffSegConfig  # noqa: E402
 from diffseg.preprocess import PreparedImage, prepare  # noqa: E402
 from diffseg.regions import regions  # noqa: E402
+from diffseg.segment import Segmentation  # noqa: E402
 from diffseg.visualize import label_png  # noqa: E402
 from pipeline.labeling.driver import execute, plan  # noqa: E402
 from pipeline.labeling.job import LabelJob  # noqa: E402
@@ -119,8 +120,13 @@ class ZeroCostSegmenter:
     def prepare(self, data: bytes, name: str | None = None) -> PreparedImage:
         return prepare(data, self.config, name=name)
 
-    def segment_batch(self, images: list[PreparedImage], batch_size: int = 1) -> list[torch.Tensor]:
+    def attention_batch(self, images: list[PreparedImage], batch_size: int = 1) -> list[torch.Tensor]:
         return [self.labels(image.mask_size) for image in images]
+
+    def label_batch_scored(self, images: list[PreparedImage], maps: list[torch.Tensor]) -> list[Segmentation]:
+        """The label maps as the model's, every segment with score 0.5 and stability 1."""
+        return [Segmentation(labels, torch.full((int(labels.max()) + 1,), 0.5), torch.ones(int(labels.max()) + 1))
+                for labels in maps]
 
     def labels(self, size: tuple[int, int]) -> torch.Tensor:
         """The label map of one mask size `(height, width)`, made on first use (on the model thread only)."""

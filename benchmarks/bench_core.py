@@ -3,9 +3,10 @@
 Runs the full-size SD 1.5 UNet architecture with random weights (built from its config, no download) on
 batches of 512x512 images (64x64 latents) and prints, per dtype and batch size, in milliseconds:
 (a) the UNet forward with stock attention processors (PyTorch SDPA), (b) the same forward with self-attention
-capture, (c) the post-processing of the batch (aggregation + merging + 512x512 label maps), the ratios b/a and
-c/a, images/s of b + c (the model's side of labeling, without the VAE encoder), and the peak memory of each step
-(GPU memory on a GPU, the process's RSS on CPU).
+capture, (c) the post-processing of the batch (aggregation + merging + 512x512 label maps), (d) the same with each
+segment's score and stability (what the labeling job runs), the ratios b/a, c/a and d/c, images/s of b + c (the
+model's side of labeling, without the VAE encoder), and the peak memory of each step (GPU memory on a GPU, the
+process's RSS on CPU).
 
 Stock and captured forwards alternate, and each figure is the minimum over `--repeat` runs after a warm-up:
 on a shared machine the minimum is the least disturbed run (the median is printed too). GPU timings are
@@ -31,6 +32,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from diffseg import DiffSegConfig, builtin, segment_from_attention
 from diffseg.attention import SelfAttentionCapture
 from diffseg.model import DTYPES
+from diffseg.segment import segment_images_scored
 
 
 def synchronize(device: torch.device) -> None:
@@ -102,7 +104,11 @@ def bench(built: tuple, batch: int, repeat: int, device: torch.device) -> dict[s
     maps = capture.maps((64, 64))
     config = DiffSegConfig()
     reset_peak(device)
-    times.update(timed({"post": lambda: segment_from_attention(maps, config).cpu()}, repeat, device))
+    images = [list(image) for image in zip(*maps)]
+    sizes = [(512, 512)] * batch
+    times.update(timed({"post": lambda: segment_from_attention(maps, config).cpu(),
+                        "post_scored": lambda: [r.cpu() for r in segment_images_scored(images, config, sizes)]},
+                       repeat, device))
     peak_post = peak_gib(device)
     result = {"dtype": str(dtype).removeprefix("torch."), "batch": batch, "device": str(device)}
     for name, values in times.items():
@@ -110,6 +116,7 @@ def bench(built: tuple, batch: int, repeat: int, device: torch.device) -> dict[s
         result[f"{name}_median_ms"] = statistics.median(values)
     result.update(capture_ratio=result["capture_ms"] / result["stock_ms"],
                   post_ratio=result["post_ms"] / result["stock_ms"],
+                  scored_ratio=result["post_scored_ms"] / result["post_ms"],
                   images_per_s=1000 * batch / (result["capture_ms"] + result["post_ms"]),
                   peak_stock_gib=peak_stock, peak_capture_gib=peak_capture, peak_post_gib=peak_post)
     return result
@@ -144,7 +151,8 @@ def main() -> None:
             memory = "GPU memory" if gpu else "RSS"
             print(f"{name} batch {batch}: (a) stock forward {r['stock_ms']:.1f} ms | (b) with capture "
                   f"{r['capture_ms']:.1f} ms (b/a {r['capture_ratio']:.2f}) | (c) post-processing "
-                  f"{r['post_ms']:.1f} ms (c/a {r['post_ratio']:.3f}) | "
+                  f"{r['post_ms']:.1f} ms (c/a {r['post_ratio']:.3f}) | (d) with segment scores "
+                  f"{r['post_scored_ms']:.1f} ms (d/c {r['scored_ratio']:.2f}) | "
                   f"{r['images_per_s']:.1f} img/s (b + c) | peak {memory} "
                   f"GiB a/b/c {r['peak_stock_gib']:.2f}/{r['peak_capture_gib']:.2f}/{r['peak_post_gib']:.2f} | "
                   f"medians a/b/c {r['stock_median_ms']:.1f}/{r['capture_median_ms']:.1f}/{r['post_median_ms']:.1f} ms",

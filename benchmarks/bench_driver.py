@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffseg.preprocess import PreparedImage  # noqa: E402
+from diffseg.segment import Segmentation  # noqa: E402
 from pipeline.labeling.driver import execute, plan  # noqa: E402
 from pipeline.labeling.job import LabelJob  # noqa: E402
 from pipeline.labeling.worker import LabelWorker  # noqa: E402
@@ -41,8 +42,13 @@ class NoopSegmenter:
     def prepare(self, data: bytes, name: str | None = None) -> PreparedImage:
         return PreparedImage(name or "", torch.zeros(3, 64, 64), (8, 8), (8, 8))
 
-    def segment_batch(self, images: list[PreparedImage], batch_size: int = 1) -> list[torch.Tensor]:
+    def attention_batch(self, images: list[PreparedImage], batch_size: int = 1) -> list[torch.Tensor]:
         return [torch.zeros(image.mask_size, dtype=torch.int64) for image in images]
+
+    def label_batch_scored(self, images: list[PreparedImage], maps: list[torch.Tensor]) -> list[Segmentation]:
+        """The label maps as the model's, every segment with score 0.5 and stability 1."""
+        return [Segmentation(labels, torch.full((int(labels.max()) + 1,), 0.5), torch.ones(int(labels.max()) + 1))
+                for labels in maps]
 
 
 class NoopWorker(LabelWorker):

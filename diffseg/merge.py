@@ -61,32 +61,47 @@ def merge(attention: torch.Tensor, grid: tuple[int, int], num_points: int,
         num_points: anchor grid side, see `anchor_grid`.
         thresholds: one threshold per pass.
     """
-    return merge_batch([attention], grid, num_points, thresholds)[0]
+    return merge_batch([attention], grid, num_points, [thresholds])[0][0]
 
 
 def merge_batch(attentions: Sequence[torch.Tensor], grid: tuple[int, int], num_points: int,
-                thresholds: Sequence[float]) -> list[torch.Tensor]:
-    """`merge` for the attention of several images of one grid. Each pass runs on all of them before its
-    grouping step on the host, so on a GPU a batch waits for the device once per pass, not once per image."""
-    proposals = [_anchor_pass(attention, grid, num_points, thresholds[0]) for attention in attentions]
-    for threshold in thresholds[1:]:
-        close = [symmetric_kl(p, p) < threshold for p in proposals]
-        on_host = [c.cpu() for c in close]
-        proposals = [_merge_groups(p, c) for p, c in zip(proposals, on_host)]
-    return proposals
+                threshold_sets: Sequence[Sequence[float]]) -> list[list[torch.Tensor]]:
+    """`merge` for the attention of several images of one grid, with each of `threshold_sets` (one threshold per
+    pass each); per image, the proposals of each set.
+
+    The anchors' distances are computed once per image for all sets, and each pass runs on every image and set
+    before its grouping step on the host, so on a GPU a batch waits for the device once per pass, not once per
+    image, set and pass.
+    """
+    proposals = [p for attention in attentions
+                 for p in _anchor_pass(attention, grid, num_points, [t[0] for t in threshold_sets])]
+    passes = max(len(t) for t in threshold_sets)
+    sets = [t for _ in attentions for t in threshold_sets]
+    for step in range(1, passes):
+        close = [symmetric_kl(p, p) < t[step] if step < len(t) else None for p, t in zip(proposals, sets)]
+        on_host = [c.cpu() if c is not None else None for c in close]
+        proposals = [p if c is None else _merge_groups(p, c) for p, c in zip(proposals, on_host)]
+    per_image = len(threshold_sets)
+    return [proposals[i:i + per_image] for i in range(0, len(proposals), per_image)]
 
 
-def _anchor_pass(attention: torch.Tensor, grid: tuple[int, int], num_points: int, threshold: float) -> torch.Tensor:
-    """Pass 0 of `merge`: `(A, N)` means of the maps within `threshold` of each anchor; no host synchronization."""
+def _anchor_pass(attention: torch.Tensor, grid: tuple[int, int], num_points: int,
+                 thresholds: Sequence[float]) -> list[torch.Tensor]:
+    """Pass 0 of `merge`, once per threshold: `(A, N)` means of the maps within the threshold of each anchor. The
+    distances are computed once; no host synchronization."""
     log_attention = attention.clamp_min(EPS).log_()
     anchors = anchor_grid(*grid, num_points, device=attention.device)
     distance = symmetric_kl(attention[anchors], attention, log_attention[anchors], log_attention)
     del log_attention
-    members = distance < threshold
-    # An anchor always belongs to its own group, whatever rounding does to its zero distance.
-    members[torch.arange(len(anchors), device=members.device), anchors] = True
-    members = members.to(attention.dtype)
-    return (members @ attention) / members.sum(dim=1, keepdim=True)
+    own = torch.arange(len(anchors), device=attention.device)
+    means = []
+    for threshold in thresholds:  # one product per threshold: a set's means do not depend on the others'
+        members = distance < threshold
+        # An anchor always belongs to its own group, whatever rounding does to its zero distance.
+        members[own, anchors] = True
+        members = members.to(attention.dtype)
+        means.append((members @ attention) / members.sum(dim=1, keepdim=True))
+    return means
 
 
 def merge_pass(proposals: torch.Tensor, threshold: float) -> torch.Tensor:

@@ -1,81 +1,91 @@
 """Running a segmenter's batches asynchronously: on a GPU, one batch's post-processing overlaps the next one's
 forward."""
 
+
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from typing import Any
 
 import torch
 
 from .preprocess import PreparedImage
-from .segmenter import DiffSeg
 
 IN_FLIGHT = 2
 """Batches submitted and not finished at most: one in its forward, one in its post-processing."""
 
 
 class Overlapped:
-    """Submits `DiffSeg` batches without waiting for them; each image's label map comes as a `Future`.
+    """Submits batches without waiting for them; each image's result comes as a `Future`.
 
-    The forward runs on `model_thread` (the one thread that runs the model, see `pipeline.labeling.worker`).
-    On a GPU the post-processing (`DiffSeg.label_batch`) runs on a second thread and its own CUDA stream, so the
-    device works on one batch's post-processing while the model thread launches the next batch's forward. On CPU
-    both run on the model thread: two threads would compete for the same cores.
+    A batch is `forward(images, batch_size)` (e.g. `DiffSeg.attention_batch`) then `post(images, maps)` (e.g.
+    `DiffSeg.label_batch` or `label_batch_scored`). The forward runs on `model_thread` (the one thread that runs the
+    model, see `pipeline.labeling.worker`). On a GPU the post-processing runs on a second thread and its own CUDA
+    stream, so the device works on one batch's post-processing while the model thread launches the next batch's
+    forward. On CPU both run on the model thread: two threads would compete for the same cores.
 
     Example::
 
-        overlapped = Overlapped(segmenter, ThreadPoolExecutor(1))
+        overlapped = Overlapped(segmenter.attention_batch, segmenter.label_batch, segmenter.device,
+                                ThreadPoolExecutor(1))
         futures = overlapped.submit(images, batch_size=8)  # returns at once
         labels = [future.result() for future in futures]
     """
 
-    def __init__(self, segmenter: DiffSeg, model_thread: Executor, post_thread: bool | None = None) -> None:
+    def __init__(self, forward: Callable[[Sequence[PreparedImage], int], Any],
+                 post: Callable[[Sequence[PreparedImage], Any], list[Any]], device: torch.device,
+                 model_thread: Executor, post_thread: bool | None = None) -> None:
         """
         Args:
-            segmenter: the model replica.
-            model_thread: the executor that runs its forwards (one thread).
+            forward: runs the model on 1 to batch_size images of one processing size (on `model_thread`).
+            post: turns `forward`'s output into one result per image, on the CPU.
+            device: the model's device.
+            model_thread: the executor that runs the forwards (one thread).
             post_thread: post-process on a second thread; None: on a GPU only.
         """
-        self.segmenter = segmenter
+        self._forward, self._post, self._device = forward, post, torch.device(device)
         self._model_thread = model_thread
-        gpu = segmenter.device.type == "cuda"
+        gpu = self._device.type == "cuda"
         separate = gpu if post_thread is None else post_thread
         self._post_thread = ThreadPoolExecutor(1, thread_name_prefix="diffseg-post") if separate else None
-        self._stream = torch.cuda.Stream(segmenter.device) if separate and gpu else None
+        self._stream = torch.cuda.Stream(self._device) if separate and gpu else None
         self._pending: deque[Future] = deque()
         self._lock = threading.Lock()
 
     def submit(self, images: Sequence[PreparedImage], batch_size: int) -> list[Future]:
-        """Start segmenting 1 to `batch_size` images of one processing size; returns a `Future` of each image's
-        label map (as `DiffSeg.segment_batch` gives it). Waits first while `IN_FLIGHT` earlier batches are not
-        finished, so memory stays bounded however fast the callers (any number of threads) submit."""
+        """Start 1 to `batch_size` images of one processing size; returns a `Future` of each image's result. Waits
+        first while `IN_FLIGHT` earlier batches are not finished, so memory stays bounded however fast the callers
+        (any number of threads) submit."""
         with self._lock:
             while len(self._pending) >= IN_FLIGHT:
                 self._pending.popleft().exception()
             if self._post_thread is None:
-                labels = self._model_thread.submit(self.segmenter.segment_batch, images, batch_size)
+                results = self._model_thread.submit(self._whole, images, batch_size)
             else:
-                maps = self._model_thread.submit(self.segmenter.attention_batch, images, batch_size)
-                labels = self._post_thread.submit(self._label, images, maps)
-            self._pending.append(labels)
-        return _per_image(labels, len(images))
+                maps = self._model_thread.submit(self._forward, images, batch_size)
+                results = self._post_thread.submit(self._on_stream, images, maps)
+            self._pending.append(results)
+        return _per_image(results, len(images))
 
-    def _label(self, images: Sequence[PreparedImage], maps: Future) -> list[torch.Tensor]:
-        """`DiffSeg.label_batch` on this object's CUDA stream, after the forward that made `maps`."""
+    def _whole(self, images: Sequence[PreparedImage], batch_size: int) -> list[Any]:
+        return self._post(images, self._forward(images, batch_size))
+
+    def _on_stream(self, images: Sequence[PreparedImage], maps: Future) -> list[Any]:
+        """`post` after the forward that made `maps`, on this object's CUDA stream when there is one."""
         attention = maps.result()
         if self._stream is None:
-            return self.segmenter.label_batch(images, attention)
+            return self._post(images, attention)
         # The forward's kernels were queued on the device's default stream before `maps` resolved.
-        self._stream.wait_stream(torch.cuda.default_stream(self.segmenter.device))
+        self._stream.wait_stream(torch.cuda.default_stream(self._device))
         for image_maps in attention:
             for tensor in image_maps:
                 # Freed on this thread while the model thread allocates: keep the memory until this stream is done.
                 tensor.record_stream(self._stream)
         with torch.cuda.stream(self._stream):
-            return self.segmenter.label_batch(images, attention)
+            return self._post(images, attention)
 
 
 def _per_image(batch: Future, count: int) -> list[Future]:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from .aggregate import aggregate
 from .baselines import kmeans_proposals
 from .config import DiffSegConfig
-from .labels import label_map
+from .labels import label_map, label_map_with_margins, winning_proposals
 from .merge import merge_batch
 from .refine import refine
+from .scores import STABILITY_STEPS, by_label, segment_means, stability
 
 
 def segment_from_attention(
@@ -55,15 +57,65 @@ def segment_images(images: Sequence[Sequence[torch.Tensor]], config: DiffSegConf
     """
     config = config or DiffSegConfig()
     grid = _finest(images[0])
+    proposals = [sets[0] for sets in _proposals(images, config, grid, with_variants=False)]
+    return [label_map(p, grid, tuple(size)) for p, size in zip(proposals, output_sizes)]
+
+
+@dataclass
+class Segmentation:
+    """One image's label map with the confidence of each of its segments (see `diffseg.scores`)."""
+
+    labels: torch.Tensor
+    """`(H, W)` labels 0..K'-1 in `label_dtype` (as `segment_images` gives them)."""
+    score: torch.Tensor
+    """fp32 `(K,)`, K >= K' the proposal count: entry `l` is label l's score; entries past K'-1 are 0."""
+    stability: torch.Tensor
+    """fp32 `(K,)`, indexed by label as `score`."""
+
+    def cpu(self) -> Segmentation:
+        return Segmentation(self.labels.cpu(), self.score.cpu(), self.stability.cpu())
+
+
+def segment_images_scored(images: Sequence[Sequence[torch.Tensor]], config: DiffSegConfig | None,
+                          output_sizes: Sequence[tuple[int, int]]) -> list[Segmentation]:
+    """`segment_images` with each segment's `score` and `stability` (`diffseg.scores`): the same label maps, plus
+    two more merges with moved thresholds (sharing the anchors' distances) and three label maps at the processing
+    size."""
+    config = config or DiffSegConfig()
+    grid = _finest(images[0])
+    processing = (grid[0] * 8, grid[1] * 8)
+    results = []
+    for sets, size in zip(_proposals(images, config, grid, with_variants=True), output_sizes):
+        labels, margins, table = label_map_with_margins(sets[0], grid, tuple(size))
+        count = len(sets[0])
+        # Stability compares label maps at the processing size (the UNet's input), whatever the mask's size: the
+        # same segments, at a cost that does not grow with the photo. Computed per proposal, then given to labels.
+        variants = [(winning_proposals(p, grid, processing), len(p)) for p in sets[1:]]
+        per_proposal = stability(winning_proposals(sets[0], grid, processing), count, variants)
+        results.append(Segmentation(labels, segment_means(labels, margins, count), by_label(per_proposal, table)))
+    return results
+
+
+def _proposals(images: Sequence[Sequence[torch.Tensor]], config: DiffSegConfig, grid: tuple[int, int],
+               with_variants: bool) -> list[list[torch.Tensor]]:
+    """Per image, its proposals, then with `with_variants` those of the settings `stability` compares with."""
     attentions = [aggregate(maps, config.weights) for maps in images]
     if config.method == "kmeans-c":
-        proposals = [kmeans_proposals(attention, config.num_clusters) for attention in attentions]
-    else:
-        proposals = merge_batch(attentions, grid, config.num_points, config.thresholds)
-        if config.refine:
-            proposals = [refine(attention, p) for attention, p in zip(attentions, proposals)]
-    del attentions
-    return [label_map(p, grid, tuple(size)) for p, size in zip(proposals, output_sizes)]
+        return [[kmeans_proposals(attention, k) for k in _cluster_counts(config.num_clusters, len(attention),
+                                                                          with_variants)] for attention in attentions]
+    threshold_sets = [config.thresholds]
+    if with_variants:
+        threshold_sets += [[t * step for t in config.thresholds] for step in STABILITY_STEPS]
+    proposals = merge_batch(attentions, grid, config.num_points, threshold_sets)
+    if config.refine:
+        proposals = [[refine(attention, p) for p in sets] for attention, sets in zip(attentions, proposals)]
+    return proposals
+
+
+def _cluster_counts(clusters: int, cells: int, with_variants: bool) -> list[int]:
+    """K, then with `with_variants` the counts K-Means' stability compares with: K - 1 and K + 1, where in
+    1..cells."""
+    return [clusters] + ([k for k in (clusters - 1, clusters + 1) if 1 <= k <= cells] if with_variants else [])
 
 
 def _finest(maps: Sequence[torch.Tensor]) -> tuple[int, int]:

@@ -13,7 +13,7 @@ from .config import DiffSegConfig
 from .defaults import DEFAULT_MODEL, MAX_PIXELS
 from .model import LoadedModel, load_model
 from .preprocess import ImageInput, PreparedImage, prepare
-from .segment import segment_images
+from .segment import Segmentation, segment_images, segment_images_scored
 from .streaming import stream
 
 GPU_BATCH_SIZE = 8
@@ -114,6 +114,13 @@ class DiffSeg:
         batch's post-processing while it runs the next batch's forward (see `overlap.Overlapped`)."""
         labels = segment_images(maps, self.config, [image.mask_size for image in images])
         return [label.cpu() for label in labels]
+
+    def label_batch_scored(self, images: Sequence[PreparedImage], maps: Sequence[Sequence[torch.Tensor]]
+                           ) -> list[Segmentation]:
+        """`label_batch` with each segment's `score` and `stability` (`diffseg.scores`), all on CPU: the same label
+        maps, for the cost of two more merges and label maps per image."""
+        scored = segment_images_scored(maps, self.config, [image.mask_size for image in images])
+        return [result.cpu() for result in scored]
 
     def attention_batch(self, images: Sequence[PreparedImage], batch_size: int) -> list[list[torch.Tensor]]:
         """Per image of 1 to `batch_size` images of one processing size, from one forward: its per-resolution

@@ -1,15 +1,23 @@
-"""Write a labeling job's masks as image files, to look at them.
+"""Export a labeling job's masks: as image files to look at, or as annotations for training.
 
     python jobs/export.py out/demo --out out/demo-png
+    python jobs/export.py s3://bucket/masks/ --out coco/ --format coco --min-area 64 --min-stability 0.8
 
-For every image labeled ok: NAME.mask.png (the label map, as stored) and NAME.overlay.png (the photo as the
-job labeled it, that is after EXIF orientation and, in center-crop mode, cropped the same way, blended half
-and half with the colored segments; the colored segments alone when the source image cannot be read any
-more, which the last line counts). NAME is the image id as a safe path under --out (diffseg.filenames):
-'sub/a.jpg' stays 'sub/a.jpg', anything that could leave the folder is escaped ('../x.png' is
-'%2E%2E/x.png', 'data.parquet#3' is 'data.parquet%233'), and an id whose files would overwrite another id's
-(a duplicate id, ids that differ only in case) is written as NAME~2, NAME~3, ..., counted in the last line.
-Exit status: 0 done, 2 bad arguments or unreadable output.
+Formats (README, "Export for training"):
+  png         NAME.mask.png (the label map as stored) and NAME.overlay.png (the photo as the job labeled it under
+              the colored segments; the segments alone when the photo cannot be read any more, counted)
+  coco        DIR/annotations.json: COCO instances, one category "segment", RLE masks, score and stability
+  sa1b        NAME.json per image in the SA-1B layout (RLE, predicted_iou, stability_score, point_coords)
+  webdataset  DIR/shard-000000.tar, ...: KEY.jpg (or .png/.webp), KEY.mask.png, KEY.json per image
+
+NAME is the image id as a safe path under --out (diffseg.filenames): 'sub/a.jpg' stays 'sub/a.jpg', anything
+that could leave the folder is escaped ('../x.png' is '%2E%2E/x.png', 'data.parquet#3' is
+'data.parquet%233'), and an id whose files would overwrite another id's (a duplicate id, ids that differ only
+in case) is written as NAME~2, NAME~3, ..., counted in the last line. The filters (--min-area, --min-score,
+--min-stability) choose the segments annotated by coco, sa1b and webdataset's KEY.json; masks are never
+changed. Rows with status=error are skipped and counted; a row that cannot be exported (its photo gone, for
+webdataset) is skipped and reported in the last line.
+Exit status: 0 done, 1 some rows could not be exported, 2 bad arguments or unreadable output.
 """
 
 from __future__ import annotations
@@ -17,73 +25,84 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-import torch  # noqa: E402
-
 from diffseg.arguments import OneLineParser  # noqa: E402
-from diffseg.config import DiffSegConfig  # noqa: E402
-from diffseg.filenames import FileNames  # noqa: E402
-from diffseg.visualize import FILE_SUFFIXES, colorize, overlay  # noqa: E402
-from pipeline.labeling.output import OutputDataset, decode_mask, manifest_columns, manifest_config  # noqa: E402
-from pipeline.labeling.sources import ParquetColumns  # noqa: E402
-from pipeline.labeling.storage import Location, StorageError, parse_storage_options  # noqa: E402
-from pipeline.viewing.photos import labeled_photo  # noqa: E402
+
+FORMATS = ("png", "coco", "sa1b", "webdataset")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    # Imported once argparse has checked the flags, so that --help and bad flags answer at once.
+    from pipeline.export.annotations import ExportError, Filters
+    from pipeline.export.coco import CocoExporter
+    from pipeline.export.png import PngExporter
+    from pipeline.export.rows import export, settings
+    from pipeline.export.sa1b import Sa1bExporter
+    from pipeline.export.webdataset import WebDatasetExporter
+    from pipeline.labeling.storage import Location, StorageError, parse_storage_options
+
+    exporters = {"png": PngExporter, "coco": CocoExporter, "sa1b": Sa1bExporter, "webdataset": WebDatasetExporter}
+    filters = Filters(args.min_area, args.min_score, args.min_stability)
+    if args.format == "png" and filters.active():
+        parser.error("--min-area, --min-score and --min-stability choose annotations: "
+                     "use them with --format coco, sa1b or webdataset")
+    try:
+        output = Location(args.output, parse_storage_options(args.storage_options))
+        chosen = settings(output, Path(args.out), filters, args.shard_size)
+        tally, written = export(output, exporters[args.format](chosen), args.num_workers, not args.no_progress)
+    except (ExportError, StorageError, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(tally.summary(written), file=sys.stderr)
+    return 1 if tally.skipped else 0
+
+
+def _parser() -> OneLineParser:
     parser = OneLineParser(prog="jobs/export.py", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output", help="fsspec URL of a labeling job's output")
-    parser.add_argument("--out", required=True, help="local folder for the PNG files")
+    parser.add_argument("--out", required=True, help="local folder for the files")
+    parser.add_argument("--format", choices=FORMATS, default="png", help="default png")
+    parser.add_argument("--min-area", type=_at_least(0), default=0, help="pixels (default 0)")
+    parser.add_argument("--min-score", type=_fraction, default=None, help="in [0, 1]")
+    parser.add_argument("--min-stability", type=_fraction, default=None, help="in [0, 1]")
+    parser.add_argument("--shard-size", type=_at_least(1), default=1000,
+                        help="images per tar shard of --format webdataset (default 1000)")
+    parser.add_argument("--num-workers", type=_at_least(1), default=4, help="threads for per-image work (default 4)")
     parser.add_argument("--storage-options", default=None, help="JSON object of fsspec options")
-    args = parser.parse_args(argv)
-    names = FileNames(args.out, FILE_SUFFIXES)
-    exported, without_photo = 0, []
-    try:
-        output = Location(args.output, parse_storage_options(args.storage_options))
-        dataset = OutputDataset(output)
-        manifest = dataset.manifest()
-        config, columns = manifest_config(manifest), manifest_columns(manifest)
-        for row in dataset.rows(["image_id", "source_uri", "mask", "status"], batch_size=16):
-            if row["status"] == "ok":
-                reason = _export(row, names.claim(row["image_id"]), config, output.storage_options, columns)
-                exported += 1
-                if reason:
-                    without_photo.append(f"{row['image_id']}: {reason}")
-    except (StorageError, OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    summary = [f"{exported} mask(s) written to {args.out} as NAME.mask.png and NAME.overlay.png"]
-    if names.renamed:
-        summary.append(f"{names.renamed} id(s) written as NAME~N so as not to overwrite another id's files")
-    if without_photo:
-        # repr: ids and source names come from the data and may hold control characters
-        summary.append(f"{len(without_photo)} overlay(s) without photo: source unreadable "
-                       f"(first: {without_photo[0]!r})")
-    print("; ".join(summary), file=sys.stderr)
-    return 0
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
 
 
-def _export(row: dict[str, Any], target: Path, config: DiffSegConfig, storage_options: dict[str, Any],
-            columns: ParquetColumns) -> str | None:
-    """Write the row's mask and overlay at `target` (a stem from `FileNames`); returns why the overlay has no
-    photo, or None."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    mask_file, overlay_file = (target.with_name(target.name + suffix) for suffix in FILE_SUFFIXES)
-    mask_file.write_bytes(row["mask"])
-    labels = torch.from_numpy(decode_mask(row["mask"]))
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer, `low` or more."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
     try:
-        photo = labeled_photo(row["source_uri"], tuple(labels.shape), config, storage_options, columns)
-    except ValueError as error:
-        colorize(labels).save(overlay_file)
-        return str(error)
-    overlay(photo, labels).save(overlay_file)
-    return None
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value:g}")
+    return value
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ SCHEMA = pa.schema([
     ("height", pa.int32()),
     ("mask", pa.binary()),
     ("num_segments", pa.int32()),
-    ("segments", pa.list_(pa.struct([("id", pa.int32()), ("area", pa.int64()), ("bbox", pa.list_(pa.int32()))]))),
+    ("segments", pa.list_(pa.struct([("id", pa.int32()), ("area", pa.int64()), ("bbox", pa.list_(pa.int32())),
+                                     ("stability", pa.float32()), ("score", pa.float32())]))),
     ("status", pa.string()),
     ("error", pa.string()),
 ])
@@ -218,7 +219,9 @@ class OutputDataset:
         """The mask files as one Arrow dataset, listed on first use (pyarrow skips the `_` bookkeeping)."""
         if self._masks is None:
             self.location.fs.invalidate_cache(self.location.root)  # jobs in other processes write here
-            self._masks = ds.dataset(self.location.root, format="parquet", filesystem=self.location.fs)
+            # With the current schema, not the first file's: files written before `stability`/`score` existed read
+            # with those fields null, and newer files keep them whichever file pyarrow would have looked at first.
+            self._masks = ds.dataset(self.location.root, format="parquet", filesystem=self.location.fs, schema=SCHEMA)
         return self._masks
 
     def _relative(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

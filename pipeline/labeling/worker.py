@@ -31,6 +31,7 @@ from diffseg.model import DTYPES
 from diffseg.overlap import Overlapped
 from diffseg.preprocess import PreparedImage
 from diffseg.regions import regions
+from diffseg.segment import Segmentation
 from diffseg.visualize import label_png
 
 from .output import OutputDataset, Row
@@ -101,7 +102,9 @@ class LabelWorker:
         with self._load_lock:
             if self._segmenter is None:
                 self._segmenter = self._model_thread.submit(self._build).result()
-                self._overlapped = Overlapped(self._segmenter, self._model_thread)
+                segmenter = self._segmenter
+                self._overlapped = Overlapped(segmenter.attention_batch, segmenter.label_batch_scored, segmenter.device,
+                                              self._model_thread)
             return self._segmenter
 
     def _build(self) -> DiffSeg:
@@ -111,8 +114,9 @@ class LabelWorker:
 
     def build_segmenter(self) -> DiffSeg:
         """The model replica of `settings`, built on the model thread. The seam for another model: a subclass
-        may return any object with `DiffSeg`'s `info`, `device`, `prepare` and `segment_batch`, and optionally
-        `default_batch_size` (the driver and actor benchmarks run stand-ins through the job's whole path)."""
+        may return any object with `DiffSeg`'s `info`, `device`, `prepare`, `attention_batch` and
+        `label_batch_scored`, and optionally `default_batch_size` (the driver and actor benchmarks run stand-ins
+        through the job's whole path)."""
         settings = self.settings
         return DiffSeg.from_pretrained(settings.model, config=settings.config, device=settings.device,
                                        dtype=DTYPES[settings.dtype] if settings.dtype else None,
@@ -165,7 +169,10 @@ def _row(outcome: Outcome[Record, Future]) -> Row:
     record = outcome.key
     if outcome.error is not None:
         return Row.failed(record.image_id, record.source_uri, outcome.error.reason)
-    mask = outcome.output.result()
+    result: Segmentation = outcome.output.result()
+    mask, score, stability = result.labels, result.score.numpy(), result.stability.numpy()
     found = regions(mask)
+    segments = [{"id": r.id, "area": r.area, "bbox": list(r.bbox), "stability": float(stability[r.id]),
+                 "score": float(score[r.id])} for r in found]
     return Row(record.image_id, record.source_uri, width=mask.shape[1], height=mask.shape[0], mask=label_png(mask),
-               num_segments=len(found), segments=[{"id": r.id, "area": r.area, "bbox": list(r.bbox)} for r in found])
+               num_segments=len(found), segments=segments)

@@ -44,7 +44,8 @@ def test_submitted_batches_give_the_label_maps_of_segment_batch_with_few_in_flig
     batches = [prepared[i:i + 2] for i in range(0, len(prepared), 2)]
     expected = [tiny.segment_batch(batch, 2) for batch in batches]  # first: replicas of one model share its capture
     segmenter = Counting(tiny.model)
-    overlapped = Overlapped(segmenter, ThreadPoolExecutor(1), post_thread=post_thread)
+    overlapped = Overlapped(segmenter.attention_batch, segmenter.label_batch, segmenter.device, ThreadPoolExecutor(1),
+                            post_thread=post_thread)
     futures = [overlapped.submit(batch, 2) for batch in batches]
     for labels, wanted in zip(futures, expected, strict=True):
         # Exact: the same forward and post-processing, on other threads.
@@ -54,7 +55,9 @@ def test_submitted_batches_give_the_label_maps_of_segment_batch_with_few_in_flig
 
 
 def test_a_failing_batch_fails_each_of_its_images_and_not_the_next_batch(tiny, prepared):
-    overlapped = Overlapped(Counting(tiny.model), ThreadPoolExecutor(1), post_thread=True)
+    segmenter = Counting(tiny.model)
+    overlapped = Overlapped(segmenter.attention_batch, segmenter.label_batch, segmenter.device, ThreadPoolExecutor(1),
+                            post_thread=True)
     bad = tiny.prepare(photo(96, 64, seed=0), name="bad")
     failed = overlapped.submit([prepared[0], bad], 2)
     after = overlapped.submit(prepared[2:4], 2)

@@ -1,7 +1,11 @@
-"""`jobs/export.py` on real labeling outputs: masks and overlays as PNG files, ids as safe paths."""
+"""`jobs/export.py` on real labeling outputs: masks and overlays as PNG files, COCO, SA-1B and WebDataset read
+back with their own readers, filters, ids as safe paths, sources gone."""
 
 import io
+import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -11,7 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import webdataset as wds
 from PIL import Image, ImageOps
+from pycocotools import mask as mask_codec
+from pycocotools.coco import COCO
 
 from diffseg import DiffSegConfig
 from diffseg.preprocess import center_square
@@ -21,6 +28,7 @@ from pipeline.labeling.sources import inventory
 from pipeline.labeling.storage import Location
 from pipeline.labeling.worker import LabelWorker, Placement, WorkerSettings
 from synthetic.photos import photo
+from tests.pipeline.export.data import blocks, scored_row, write_output, write_output_before_scores
 from tests.pipeline.labeling.data import encoded, good_images, parquet_bytes, read_output, write_files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,9 +38,9 @@ FAST = ["--model", "tiny", "--resolution", str(RESOLUTION), "--num-actors", "1",
         "--no-progress"]
 
 
-def export(output: Path, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, EXPORT, str(output), "--out", str(out)], capture_output=True, text=True,
-                          timeout=300)
+def export(output: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, EXPORT, str(output), "--out", str(out), "--no-progress", *args],
+                          capture_output=True, text=True, timeout=300)
 
 
 def label(source: Path, output: Path, *args: str) -> None:
@@ -108,7 +116,8 @@ def test_masks_are_exported_as_label_pngs_and_overlays(tmp_path):
     result = export(tmp_path / "out", tmp_path / "png")
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip().splitlines()[-1] == \
-        f"2 mask(s) written to {tmp_path / 'png'} as NAME.mask.png and NAME.overlay.png"
+        f"2 mask(s) written to {tmp_path / 'png'} as NAME.mask.png and NAME.overlay.png; " \
+        "1 row(s) with status=error skipped"
     assert sorted(p.relative_to(tmp_path / "png").as_posix() for p in (tmp_path / "png").rglob("*.png")) == [
         "sub/img-000.png.mask.png", "sub/img-000.png.overlay.png",
         "sub/img-001.jpg.mask.png", "sub/img-001.jpg.overlay.png"]
@@ -213,3 +222,218 @@ def test_center_crop_overlays_show_the_cropped_photo(tmp_path, ray_cluster):
         overlay = tmp_path / "png" / f"{name}.overlay.png"
         assert Image.open(overlay).size == (RESOLUTION, RESOLUTION)
         assert_photo_under_mask(overlay, as_labeled(data, crop=True))
+
+
+# Training formats: a corpus labeled once with the tiny model, exported to each format and read back with the
+# format's own reader; the masks and areas must be the Parquet output's exactly.
+
+
+@pytest.fixture(scope="module")
+def labeled(tmp_path_factory) -> Path:
+    """A folder `in` of photos (one stored turned by EXIF, one broken) labeled into `out` by the tiny model."""
+    root = tmp_path_factory.mktemp("labeled")
+    write_files(root / "in", {**good_images(3), "sub/rotated.jpg": rotated_jpeg(96, 64), "broken.png": b"nope"})
+    label_in_process(root / "in", root / "out", DiffSegConfig(resolution=RESOLUTION))
+    return root
+
+
+def ok_rows(output: Path) -> dict[str, dict]:
+    return {row["image_id"]: row for row in read_output(str(output)) if row["status"] == "ok"}
+
+
+def assert_rle_is_the_segment(rle: dict, labels: np.ndarray, segment: dict) -> None:
+    decoded = mask_codec.decode({**rle, "counts": rle["counts"].encode()})
+    assert np.array_equal(decoded, labels == segment["id"])
+    assert mask_codec.area({**rle, "counts": rle["counts"].encode()}) == segment["area"]
+
+
+def test_coco_annotations_load_in_pycocotools_and_decode_to_the_masks(labeled, tmp_path):
+    result = export(labeled / "out", tmp_path / "coco", "--format", "coco", "--num-workers", "2")
+    assert result.returncode == 0, result.stderr
+    rows = ok_rows(labeled / "out")
+    total = sum(len(row["segments"]) for row in rows.values())
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"4 image(s) and {total} annotation(s) written to {tmp_path / 'coco' / 'annotations.json'}; "
+        "1 row(s) with status=error skipped")
+    coco = COCO(str(tmp_path / "coco" / "annotations.json"))
+    assert coco.loadCats(coco.getCatIds()) == [{"id": 1, "name": "segment"}]
+    assert sorted(image["file_name"] for image in coco.dataset["images"]) == sorted(rows)
+    for image in coco.dataset["images"]:
+        row = rows[image["file_name"]]
+        labels = decode_mask(row["mask"])
+        assert (image["height"], image["width"]) == labels.shape == (row["height"], row["width"])
+        annotations = coco.loadAnns(coco.getAnnIds(imgIds=[image["id"]]))
+        assert len(annotations) == len(row["segments"])
+        for annotation, segment in zip(annotations, row["segments"]):
+            assert_rle_is_the_segment(annotation["segmentation"], labels, segment)
+            assert np.array_equal(coco.annToMask(annotation), labels == segment["id"])
+            assert (annotation["area"], annotation["bbox"]) == (segment["area"], segment["bbox"])
+            assert annotation["category_id"] == 1 and annotation["iscrowd"] == 0
+            assert annotation["score"] == pytest.approx(segment.get("score"), abs=1e-6)
+            assert annotation["stability"] == pytest.approx(segment.get("stability"), abs=1e-6)
+    assert len({a["id"] for a in coco.dataset["annotations"]}) == total
+
+
+def test_sa1b_files_hold_each_images_segments(labeled, tmp_path):
+    result = export(labeled / "out", tmp_path / "sa1b", "--format", "sa1b")
+    assert result.returncode == 0, result.stderr
+    assert "4 JSON file(s) written" in result.stderr.splitlines()[-1]
+    rows = ok_rows(labeled / "out")
+    assert sorted(p.relative_to(tmp_path / "sa1b").as_posix() for p in (tmp_path / "sa1b").rglob("*.json")) == \
+        sorted(f"{image_id}.json" for image_id in rows)
+    for image_id, row in rows.items():
+        document = json.loads((tmp_path / "sa1b" / f"{image_id}.json").read_text())
+        labels = decode_mask(row["mask"])
+        height, width = labels.shape
+        assert document["image"]["file_name"] == image_id
+        assert (document["image"]["width"], document["image"]["height"]) == (width, height)
+        assert [a["id"] for a in document["annotations"]] == [s["id"] for s in row["segments"]]
+        for annotation, segment in zip(document["annotations"], row["segments"]):
+            assert_rle_is_the_segment(annotation["segmentation"], labels, segment)
+            assert (annotation["area"], annotation["bbox"]) == (segment["area"], segment["bbox"])
+            [[x, y]] = annotation["point_coords"]
+            assert labels[y, x] == segment["id"] and annotation["crop_box"] == [0, 0, width, height]
+            assert annotation["predicted_iou"] == pytest.approx(segment.get("score"), abs=1e-6)
+            assert annotation["stability_score"] == pytest.approx(segment.get("stability"), abs=1e-6)
+
+
+def test_webdataset_shards_hold_photo_mask_and_json_aligned(labeled, tmp_path):
+    result = export(labeled / "out", tmp_path / "wds", "--format", "webdataset", "--shard-size", "3")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "wds").iterdir()) == ["shard-000000.tar", "shard-000001.tar"]
+    rows = ok_rows(labeled / "out")
+    shards = [str(p) for p in sorted((tmp_path / "wds").glob("*.tar"))]
+    samples = list(wds.WebDataset(shards, shardshuffle=False))
+    assert len(samples) == len(rows) and all(re.fullmatch(r"\d{9}", s["__key__"]) for s in samples)
+    for sample in samples:
+        meta = json.loads(sample["json"])
+        row = rows[meta["id"]]
+        assert sample["mask.png"] == row["mask"] and (meta["width"], meta["height"]) == (row["width"], row["height"])
+        assert [{k: s[k] for k in ("id", "area", "bbox")} for s in meta["segments"]] == \
+            [{k: s[k] for k in ("id", "area", "bbox")} for s in row["segments"]]
+        source = (labeled / "in" / meta["id"]).read_bytes()
+        if meta["id"] == "sub/rotated.jpg":  # turned by EXIF: the photo as labeled, losslessly
+            assert "jpg" not in sample and np.array_equal(np.asarray(Image.open(io.BytesIO(sample["png"]))),
+                                                          np.asarray(as_labeled(source)))
+        else:  # the source's own bytes
+            assert sample[meta["id"].rsplit(".", 1)[1]] == source
+            assert Image.open(io.BytesIO(source)).size == (row["width"], row["height"])
+
+
+def test_webdataset_photos_of_a_center_crop_run_are_the_crops(tmp_path):
+    images = {"wide.jpg": encoded(photo(96, 64, seed=1), "JPEG"), "rotated.jpg": rotated_jpeg(96, 64)}
+    write_files(tmp_path / "in", images)
+    label_in_process(tmp_path / "in", tmp_path / "out", DiffSegConfig(resolution=RESOLUTION, crop="center"))
+    result = export(tmp_path / "out", tmp_path / "wds", "--format", "webdataset")
+    assert result.returncode == 0, result.stderr
+    for sample in wds.WebDataset(str(tmp_path / "wds" / "shard-000000.tar"), shardshuffle=False):
+        shown = np.asarray(Image.open(io.BytesIO(sample["png"])))
+        assert shown.shape == (RESOLUTION, RESOLUTION, 3)
+        assert np.array_equal(shown, np.asarray(as_labeled(images[json.loads(sample["json"])["id"]], crop=True)))
+
+
+def scored_output(tmp_path: Path) -> tuple[Path, list]:
+    """An output of two images whose segments have known scores: label i has score 0.2 i, stability 1 - 0.2 i."""
+    write_files(tmp_path / "in", {"a.png": encoded(photo(32, 24, seed=1)), "b.png": encoded(photo(40, 20, seed=2))})
+    scores = {i: (0.2 * i, 1 - 0.2 * i) for i in range(4)}
+    rows = [scored_row("a.png", tmp_path / "in" / "a.png", blocks(24, 32), scores),
+            scored_row("b.png", tmp_path / "in" / "b.png", blocks(20, 40), scores)]
+    write_output(tmp_path / "out", rows)
+    return tmp_path / "out", rows
+
+
+def test_filters_leave_segments_out_of_every_training_format(tmp_path):
+    output, rows = scored_output(tmp_path)
+    min_area = 60
+    kept = {row.image_id: [s["id"] for s in row.segments if s["area"] >= min_area and s["score"] >= 0.39
+                           and s["stability"] >= 0.39] for row in rows}
+    assert all(0 < len(ids) < 4 for ids in kept.values())  # the filters drop some segments, not all
+    flags = ["--min-area", str(min_area), "--min-score", "0.39", "--min-stability", "0.39"]
+    for fmt in ("coco", "sa1b", "webdataset"):
+        assert export(output, tmp_path / fmt, "--format", fmt, *flags).returncode == 0
+    coco = COCO(str(tmp_path / "coco" / "annotations.json"))
+    for image in coco.dataset["images"]:
+        labels = decode_mask(next(r.mask for r in rows if r.image_id == image["file_name"]))
+        annotations = coco.loadAnns(coco.getAnnIds(imgIds=[image["id"]]))
+        assert [int(np.unique(labels[coco.annToMask(a) == 1])[0]) for a in annotations] == kept[image["file_name"]]
+        assert all(a["score"] == pytest.approx(0.2 * i) for a, i in zip(annotations, kept[image["file_name"]]))
+    for row in rows:
+        document = json.loads((tmp_path / "sa1b" / f"{row.image_id}.json").read_text())
+        assert [a["id"] for a in document["annotations"]] == kept[row.image_id]
+        assert [a["stability_score"] for a in document["annotations"]] == \
+            pytest.approx([1 - 0.2 * i for i in kept[row.image_id]])
+    for sample in wds.WebDataset(str(tmp_path / "webdataset" / "shard-000000.tar"), shardshuffle=False):
+        meta = json.loads(sample["json"])
+        assert [s["id"] for s in meta["segments"]] == kept[meta["id"]]
+        assert sample["mask.png"] == next(r.mask for r in rows if r.image_id == meta["id"])  # masks unchanged
+
+
+def test_outputs_labeled_before_scores_export_null_scores_and_refuse_score_filters(tmp_path):
+    write_files(tmp_path / "in", {"a.png": encoded(photo(32, 24, seed=1))})
+    write_output_before_scores(tmp_path / "out", [scored_row("a.png", tmp_path / "in" / "a.png", blocks(24, 32),
+                                                             {i: (0.5, 0.5) for i in range(4)})])
+    for flag in ("--min-score", "--min-stability"):
+        result = export(tmp_path / "out", tmp_path / "coco", "--format", "coco", flag, "0.5")
+        assert result.returncode == 2
+        assert result.stderr == f"error: this output was labeled before scores existed; relabel to use {flag}\n"
+    newer = tmp_path / "newer"  # a file with scores listed first does not hide an older one without
+    shutil.copytree(tmp_path / "out", newer)
+    OutputDataset(Location(str(newer))).write("part-0", [scored_row("n.png", tmp_path / "in" / "a.png",
+                                                                    blocks(24, 32), {i: (1, 1) for i in range(4)})], {})
+    assert sorted(p.name for p in newer.glob("*.parquet")) == ["part-0.parquet", "part-00000.parquet"]
+    assert export(newer, tmp_path / "x", "--format", "coco", "--min-score", "0.5").returncode == 2
+    assert export(tmp_path / "out", tmp_path / "coco", "--format", "coco", "--min-area", "1").returncode == 0
+    annotations = json.loads((tmp_path / "coco" / "annotations.json").read_text())["annotations"]
+    assert len(annotations) == 4 and all(a["score"] is None and a["stability"] is None for a in annotations)
+    assert export(tmp_path / "out", tmp_path / "sa1b", "--format", "sa1b").returncode == 0
+    document = json.loads((tmp_path / "sa1b" / "a.png.json").read_text())
+    assert all(a["predicted_iou"] is None and a["stability_score"] is None for a in document["annotations"])
+
+
+def test_filters_with_png_and_bad_values_are_one_line_and_exit_two(tmp_path):
+    for args in (["--min-area", "5"], ["--format", "coco", "--min-score", "1.5"], ["--format", "nope"],
+                 ["--format", "webdataset", "--shard-size", "0"]):
+        result = export(tmp_path / "out", tmp_path / "x", *args)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, args
+    result = export(tmp_path / "missing", tmp_path / "x", "--format", "coco")
+    assert result.returncode == 2 and result.stderr.startswith("error:") and not (tmp_path / "x").exists()
+
+
+def test_hostile_ids_stay_inside_the_export_folder_in_every_format(tmp_path):
+    ids = ["../x", "a/b.jpg", "a/b.jpg", "/abs.png", "..", "c.d.e", "nul\x00"]
+    write_files(tmp_path / "in", {"p.png": encoded(photo(24, 16, seed=3))})
+    labels = blocks(16, 24)
+    write_output(tmp_path / "out", [scored_row(i, tmp_path / "in" / "p.png", labels, {k: (1, 1) for k in range(4)})
+                                    for i in ids])
+    out = tmp_path / "deep" / "er"
+    for fmt in ("png", "coco", "sa1b", "webdataset"):
+        result = export(tmp_path / "out", out / fmt, "--format", fmt)
+        assert result.returncode == 0, result.stderr
+    assert written_outside(tmp_path, out) == [] and not (tmp_path / "deep" / "x.json").exists()
+    assert sorted(p.relative_to(out / "sa1b").as_posix() for p in (out / "sa1b").rglob("*.json")) == sorted(
+        ["%2E%2E/x.json", "a/b.jpg.json", "a/b.jpg~2.json", "%/abs.png.json", "%2E%2E.json", "c.d.e.json",
+         "nul%00.json"])
+    assert "1 id(s) written as NAME~N" in export(tmp_path / "out", out / "again", "--format", "sa1b").stderr
+    coco = COCO(str(out / "coco" / "annotations.json"))
+    assert [image["file_name"] for image in coco.dataset["images"]] == ids  # ids are values, kept as they are
+    samples = list(wds.WebDataset(str(out / "webdataset" / "shard-000000.tar"), shardshuffle=False))
+    assert [s["__key__"] for s in samples] == [f"{n:09d}" for n in range(1, len(ids) + 1)]
+    assert [json.loads(s["json"])["id"] for s in samples] == ids
+
+
+def test_rows_whose_photo_is_gone_are_reported_not_exported(tmp_path):
+    write_files(tmp_path / "in", {"a.png": encoded(photo(32, 24, seed=1)), "b.png": encoded(photo(32, 24, seed=2)),
+                                  "c.png": encoded(photo(32, 24, seed=3))})
+    labels = blocks(24, 32)
+    write_output(tmp_path / "out", [scored_row(name, tmp_path / "in" / name, labels, {k: (1, 1) for k in range(4)})
+                                    for name in ("a.png", "b.png", "c.png")])
+    (tmp_path / "in" / "a.png").unlink()
+    (tmp_path / "in" / "b.png").write_bytes(b"garbage")
+    result = export(tmp_path / "out", tmp_path / "wds", "--format", "webdataset")
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("1 sample(s) written") and "; 2 row(s) skipped (first: " in last
+    assert "a.png: cannot read " in last  # the first one, as repr
+    samples = list(wds.WebDataset(str(tmp_path / "wds" / "shard-000000.tar"), shardshuffle=False))
+    assert [json.loads(s["json"])["id"] for s in samples] == ["c.png"]
+    assert export(tmp_path / "out", tmp_path / "coco", "--format", "coco").returncode == 0  # needs no photo

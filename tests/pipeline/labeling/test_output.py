@@ -3,6 +3,7 @@ import json
 import re
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -75,6 +76,25 @@ def test_rows_written_are_read_back_with_the_columns_asked_for(tmp_path):
     [row] = output.take([first], ["mask", "width", "height"])
     assert (row["width"], row["height"]) == (2, 2) and np.array_equal(decode_mask(row["mask"]), mask.numpy())
     assert output.provenance(read[first][FILE]) == {"run_id": "r1"}
+
+
+@pytest.mark.parametrize("old_first", [True, False])
+def test_files_written_before_segment_scores_read_with_null_scores_beside_newer_ones(tmp_path, old_first):
+    """Outputs written before `stability` and `score` existed stay readable, also resumed by this version."""
+    before = pa.schema([field if field.name != "segments" else
+                        pa.field("segments", pa.list_(pa.struct([("id", pa.int32()), ("area", pa.int64()),
+                                                                  ("bbox", pa.list_(pa.int32()))])))
+                        for field in SCHEMA])
+    old = {name: [getattr(rows()[0], name)] for name in before.names}
+    new = [Row("n.png", "file:///in/n.png", 4, 3, b"png", 1,
+               [{"id": 0, "area": 12, "bbox": [0, 0, 4, 3], "stability": 0.75, "score": 0.5}])]
+    names = ("a-old", "b-new") if old_first else ("b-old", "a-new")  # pyarrow lists files in name order
+    pq.write_table(pa.Table.from_pydict(old, schema=before), tmp_path / f"{names[0]}.parquet")
+    OutputDataset(Location(str(tmp_path))).write(names[1], new, {"run_id": "r"})
+    segments = {row["image_id"]: row["segments"] for row in OutputDataset(Location(str(tmp_path))).rows(
+        ["image_id", "segments"])}
+    assert segments == {"a.png": [{"id": 0, "area": 12, "bbox": [0, 0, 4, 3], "stability": None, "score": None}],
+                        "n.png": [{"id": 0, "area": 12, "bbox": [0, 0, 4, 3], "stability": 0.75, "score": 0.5}]}
 
 
 @pytest.mark.parametrize("top", [255, 65535], ids=["8-bit", "16-bit"])

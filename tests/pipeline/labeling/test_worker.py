@@ -6,9 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from diffseg import DiffSeg, DiffSegConfig
+from diffseg import DiffSeg, DiffSegConfig, stream
 from diffseg.preprocess import PreparedImage, prepare
 from diffseg.regions import regions
+from diffseg.segment import Segmentation
 from pipeline.labeling.output import OutputDataset, decode_mask
 from pipeline.labeling.sources import inventory
 from pipeline.labeling.storage import Location
@@ -51,7 +52,9 @@ def test_a_shard_becomes_one_file_with_a_row_per_image(worker_dirs, tiny):
     # here run the same forwards row for row, hence exactly the same masks. (An image at another row of a batch may
     # round differently on some BLAS kernels.)
     good = [row["image_id"] for row in table if row["status"] == "ok"]
-    expected = dict(zip(good, in_process.segment([folder / key for key in good], batch_size=2)))
+    prepared = [(key, in_process.prepare(folder / key, name=key)) for key in good]
+    expected = {outcome.key: outcome.output for outcome in stream(
+        prepared, lambda images: in_process.label_batch_scored(images, in_process.attention_batch(images, 2)), 2)}
     for row in table:
         if row["image_id"].startswith("bad-"):
             assert row["status"] == "error" and row["mask"] is None
@@ -62,8 +65,12 @@ def test_a_shard_becomes_one_file_with_a_row_per_image(worker_dirs, tiny):
         assert (row["status"], row["error"]) == ("ok", None)
         assert mask.shape == (original.height, original.width) == (row["height"], row["width"])
         assert row["num_segments"] == len(np.unique(mask)) == len(row["segments"])
-        assert row["segments"] == [{"id": r.id, "area": r.area, "bbox": list(r.bbox)} for r in regions(mask)]
-        assert np.array_equal(mask, expected[row["image_id"]].numpy())
+        scored = expected[row["image_id"]]
+        assert np.array_equal(mask, scored.labels.numpy())
+        # float32 in the Parquet file as in the model's result: equal once both are Python floats
+        assert row["segments"] == [{"id": r.id, "area": r.area, "bbox": list(r.bbox), "stability":
+                                    float(scored.stability[r.id]), "score": float(scored.score[r.id])}
+                                   for r in regions(mask)]
 
 
 def test_provenance_names_model_settings_software_and_input(worker_dirs):
@@ -92,10 +99,15 @@ class Quantizer:
     def prepare(self, data: bytes, name: str | None = None) -> PreparedImage:
         return prepare(data, self.config, name=name, max_pixels=BOMB_LIMIT)
 
-    def segment_batch(self, images: list[PreparedImage], batch_size: int) -> list[torch.Tensor]:
+    def attention_batch(self, images: list[PreparedImage], batch_size: int) -> list[torch.Tensor]:
         levels = [((image.pixels.mean(0).numpy() + 1) * 3).clip(0, 5).astype(np.uint8) for image in images]
         return [torch.from_numpy(np.array(Image.fromarray(level).resize(image.mask_size[::-1], Image.NEAREST)))
                 for level, image in zip(levels, images)]
+
+    def label_batch_scored(self, images: list[PreparedImage], maps: list[torch.Tensor]) -> list[Segmentation]:
+        """The label maps as the model's, every segment with score 0.5 and stability 1."""
+        return [Segmentation(labels, torch.full((int(labels.max()) + 1,), 0.5), torch.ones(int(labels.max()) + 1))
+                for labels in maps]
 
 
 class QuantizingWorker(LabelWorker):
@@ -139,7 +151,7 @@ def test_the_pools_keep_the_shards_order_and_its_error_rows_and_give_the_rows_of
             continue
         assert row["status"] == "ok"
         with Image.open(tmp_path / "in" / row["image_id"]) as original:
-            expected = Quantizer(FAST).segment_batch([prepare(original, FAST)], 1)[0].numpy()
+            expected = Quantizer(FAST).attention_batch([prepare(original, FAST)], 1)[0].numpy()
         assert np.array_equal(decode_mask(row["mask"]), expected)
 
 
