@@ -9,14 +9,16 @@ Formats (README, "Export for training"):
   coco        DIR/annotations.json: COCO instances, one category "segment", RLE masks, score and stability
   sa1b        NAME.json per image in the SA-1B layout (RLE, predicted_iou, stability_score, point_coords)
   webdataset  DIR/shard-000000.tar, ...: KEY.jpg (or .png/.webp), KEY.mask.png, KEY.json per image
+  hf          DIR/data/train-00000-of-0000N.parquet, ...: Hugging Face datasets (load_dataset(DIR)), image_id,
+              image and mask (datasets.Image), segments
 
 NAME is the image id as a safe path under --out (diffseg.filenames): 'sub/a.jpg' stays 'sub/a.jpg', anything
 that could leave the folder is escaped ('../x.png' is '%2E%2E/x.png', 'data.parquet#3' is
 'data.parquet%233'), and an id whose files would overwrite another id's (a duplicate id, ids that differ only
 in case) is written as NAME~2, NAME~3, ..., counted in the last line. The filters (--min-area, --min-score,
---min-stability) choose the segments annotated by coco, sa1b and webdataset's KEY.json; masks are never
-changed. Rows with status=error are skipped and counted; a row that cannot be exported (its photo gone, for
-webdataset) is skipped and reported in the last line.
+--min-stability) choose the segments annotated by coco, sa1b, webdataset's KEY.json and hf's segments; masks
+are never changed. Rows with status=error are skipped and counted; a row that cannot be exported (its photo
+gone, for webdataset and hf) is skipped and reported in the last line.
 Exit status: 0 done, 1 some rows could not be exported, 2 bad arguments or unreadable output.
 """
 
@@ -32,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from diffseg.arguments import OneLineParser  # noqa: E402
 
-FORMATS = ("png", "coco", "sa1b", "webdataset")
+FORMATS = ("png", "coco", "sa1b", "webdataset", "hf")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,17 +43,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported once argparse has checked the flags, so that --help and bad flags answer at once.
     from pipeline.export.annotations import ExportError, Filters
     from pipeline.export.coco import CocoExporter
+    from pipeline.export.hf import HfExporter
     from pipeline.export.png import PngExporter
     from pipeline.export.rows import export, settings
     from pipeline.export.sa1b import Sa1bExporter
     from pipeline.export.webdataset import WebDatasetExporter
     from pipeline.labeling.storage import Location, StorageError, parse_storage_options
 
-    exporters = {"png": PngExporter, "coco": CocoExporter, "sa1b": Sa1bExporter, "webdataset": WebDatasetExporter}
+    exporters = {"png": PngExporter, "coco": CocoExporter, "sa1b": Sa1bExporter, "webdataset": WebDatasetExporter,
+                 "hf": HfExporter}
     filters = Filters(args.min_area, args.min_score, args.min_stability)
     if args.format == "png" and filters.active():
         parser.error("--min-area, --min-score and --min-stability choose annotations: "
-                     "use them with --format coco, sa1b or webdataset")
+                     "use them with --format coco, sa1b, webdataset or hf")
     try:
         output = Location(args.output, parse_storage_options(args.storage_options))
         chosen = settings(output, Path(args.out), filters, args.shard_size)
@@ -73,7 +77,7 @@ def _parser() -> OneLineParser:
     parser.add_argument("--min-score", type=_fraction, default=None, help="in [0, 1]")
     parser.add_argument("--min-stability", type=_fraction, default=None, help="in [0, 1]")
     parser.add_argument("--shard-size", type=_at_least(1), default=1000,
-                        help="images per tar shard of --format webdataset (default 1000)")
+                        help="images per file of --format webdataset and hf (default 1000)")
     parser.add_argument("--num-workers", type=_at_least(1), default=4, help="threads for per-image work (default 4)")
     parser.add_argument("--storage-options", default=None, help="JSON object of fsspec options")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -46,7 +46,7 @@ class Settings:
     rows: int
     """Rows in the output (for the progress bar)."""
     shard_size: int = 1000
-    """Images per tar shard (`webdataset`)."""
+    """Images per file (`webdataset` tar shards, `hf` Parquet files)."""
 
 
 class Exporter(Protocol):

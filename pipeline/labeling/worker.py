@@ -169,10 +169,15 @@ def _row(outcome: Outcome[Record, Future]) -> Row:
     record = outcome.key
     if outcome.error is not None:
         return Row.failed(record.image_id, record.source_uri, outcome.error.reason)
-    result: Segmentation = outcome.output.result()
+    return segmentation_row(record.image_id, record.source_uri, outcome.output.result())
+
+
+def segmentation_row(image_id: str, source_uri: str, result: Segmentation) -> Row:
+    """The output row of an image's segmentation (on CPU): the mask PNG, and per segment its area, box and scores.
+    Numpy only (see the module docstring)."""
     mask, score, stability = result.labels, result.score.numpy(), result.stability.numpy()
     found = regions(mask)
     segments = [{"id": r.id, "area": r.area, "bbox": list(r.bbox), "stability": float(stability[r.id]),
                  "score": float(score[r.id])} for r in found]
-    return Row(record.image_id, record.source_uri, width=mask.shape[1], height=mask.shape[0], mask=label_png(mask),
+    return Row(image_id, source_uri, width=mask.shape[1], height=mask.shape[0], mask=label_png(mask),
                num_segments=len(found), segments=segments)
