@@ -1,7 +1,6 @@
 """Running a segmenter's batches asynchronously: on a GPU, one batch's post-processing overlaps the next one's
 forward."""
 
-
 from __future__ import annotations
 
 import threading
