@@ -67,7 +67,7 @@ def merge(attention: torch.Tensor, grid: tuple[int, int], num_points: int,
 def merge_batch(attentions: Sequence[torch.Tensor], grid: tuple[int, int], num_points: int,
                 threshold_sets: Sequence[Sequence[float]]) -> list[list[torch.Tensor]]:
     """`merge` for the attention of several images of one grid, with each of `threshold_sets` (one threshold per
-    pass each); per image, the proposals of each set.
+    pass each, the same number of passes in every set); per image, the proposals of each set.
 
     The anchors' distances are computed once per image for all sets, and each pass runs on every image and set
     before its grouping step on the host, so on a GPU a batch waits for the device once per pass, not once per
@@ -75,12 +75,11 @@ def merge_batch(attentions: Sequence[torch.Tensor], grid: tuple[int, int], num_p
     """
     proposals = [p for attention in attentions
                  for p in _anchor_pass(attention, grid, num_points, [t[0] for t in threshold_sets])]
-    passes = max(len(t) for t in threshold_sets)
     sets = [t for _ in attentions for t in threshold_sets]
-    for step in range(1, passes):
-        close = [symmetric_kl(p, p) < t[step] if step < len(t) else None for p, t in zip(proposals, sets)]
-        on_host = [c.cpu() if c is not None else None for c in close]
-        proposals = [p if c is None else _merge_groups(p, c) for p, c in zip(proposals, on_host)]
+    for step in range(1, len(threshold_sets[0])):
+        close = [symmetric_kl(p, p) < t[step] for p, t in zip(proposals, sets)]
+        on_host = [c.cpu() for c in close]
+        proposals = [_merge_groups(p, c) for p, c in zip(proposals, on_host)]
     per_image = len(threshold_sets)
     return [proposals[i:i + per_image] for i in range(0, len(proposals), per_image)]
 

@@ -28,7 +28,13 @@ from pipeline.labeling.sources import inventory
 from pipeline.labeling.storage import Location
 from pipeline.labeling.worker import LabelWorker, Placement, WorkerSettings
 from synthetic.photos import photo
-from tests.pipeline.export.data import blocks, scored_row, write_output, write_output_before_scores
+from tests.pipeline.export.data import (
+    blocks,
+    output_with_lost_photos,
+    scored_row,
+    write_output,
+    write_output_before_scores,
+)
 from tests.pipeline.labeling.data import encoded, good_images, parquet_bytes, read_output, write_files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -422,18 +428,12 @@ def test_hostile_ids_stay_inside_the_export_folder_in_every_format(tmp_path):
 
 
 def test_rows_whose_photo_is_gone_are_reported_not_exported(tmp_path):
-    write_files(tmp_path / "in", {"a.png": encoded(photo(32, 24, seed=1)), "b.png": encoded(photo(32, 24, seed=2)),
-                                  "c.png": encoded(photo(32, 24, seed=3))})
-    labels = blocks(24, 32)
-    write_output(tmp_path / "out", [scored_row(name, tmp_path / "in" / name, labels, {k: (1, 1) for k in range(4)})
-                                    for name in ("a.png", "b.png", "c.png")])
-    (tmp_path / "in" / "a.png").unlink()
-    (tmp_path / "in" / "b.png").write_bytes(b"garbage")
-    result = export(tmp_path / "out", tmp_path / "wds", "--format", "webdataset")
+    output = output_with_lost_photos(tmp_path, ["a.png", "b.png", "c.png"])
+    result = export(output, tmp_path / "wds", "--format", "webdataset")
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("1 sample(s) written") and "; 2 row(s) skipped (first: " in last
     assert "a.png: cannot read " in last  # the first one, as repr
     samples = list(wds.WebDataset(str(tmp_path / "wds" / "shard-000000.tar"), shardshuffle=False))
     assert [json.loads(s["json"])["id"] for s in samples] == ["c.png"]
-    assert export(tmp_path / "out", tmp_path / "coco", "--format", "coco").returncode == 0  # needs no photo
+    assert export(output, tmp_path / "coco", "--format", "coco").returncode == 0  # needs no photo

@@ -13,6 +13,8 @@ from diffseg.regions import regions
 from diffseg.visualize import label_png
 from pipeline.labeling.output import MANIFEST, SCHEMA, OutputDataset, Row
 from pipeline.labeling.storage import Location
+from synthetic.photos import photo
+from tests.pipeline.labeling.data import encoded, write_files
 
 
 def blocks(height: int, width: int, labels: int = 4) -> np.ndarray:
@@ -48,3 +50,14 @@ def write_output_before_scores(output: Path, rows: list[Row]) -> None:
     output.mkdir(parents=True)
     pq.write_table(pa.Table.from_pydict(columns, schema=schema), output / "part-00000.parquet")
     (output / MANIFEST).write_text('{"config": {}, "columns": {"image": null, "id": null}}')
+
+
+def output_with_lost_photos(folder: Path, names: list[str]) -> Path:
+    """An output of `names` (32x24 photos under `folder/in`) whose first photo is then deleted and second replaced
+    by garbage; returns the output folder."""
+    write_files(folder / "in", {name: encoded(photo(32, 24, seed=i + 1)) for i, name in enumerate(names)})
+    write_output(folder / "out", [scored_row(name, folder / "in" / name, blocks(24, 32), {k: (1, 1) for k in range(4)})
+                                  for name in names])
+    (folder / "in" / names[0]).unlink()
+    (folder / "in" / names[1]).write_bytes(b"garbage")
+    return folder / "out"

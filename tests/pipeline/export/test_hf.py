@@ -21,7 +21,7 @@ from pipeline.labeling.output import decode_mask
 from pipeline.labeling.storage import Location
 from synthetic.photos import photo
 from tests.jobs.test_export import RESOLUTION, as_labeled, export, label_in_process, rotated_jpeg, tar_of
-from tests.pipeline.export.data import blocks, scored_row, write_output
+from tests.pipeline.export.data import blocks, output_with_lost_photos, scored_row, write_output
 from tests.pipeline.labeling.data import encoded, good_images, parquet_bytes, read_output, write_files
 
 FEATURES = datasets.Features({
@@ -149,19 +149,15 @@ def test_filters_choose_the_segments_and_leave_the_masks(tmp_path):
 
 
 def test_rows_whose_photo_is_gone_are_reported_and_left_out(tmp_path):
-    write_files(tmp_path / "in", {name: encoded(photo(32, 24, seed=i)) for i, name in enumerate("abc")})
-    write_output(tmp_path / "out", [scored_row(name, tmp_path / "in" / name, blocks(24, 32),
-                                               {k: (1, 1) for k in range(4)}) for name in "abc"])
-    (tmp_path / "in" / "a").unlink()
-    (tmp_path / "in" / "b").write_bytes(b"garbage")
-    result = export(tmp_path / "out", tmp_path / "hf", "--format", "hf")
+    output = output_with_lost_photos(tmp_path, ["a", "b", "c"])
+    result = export(output, tmp_path / "hf", "--format", "hf")
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("1 row(s) written") and "; 2 row(s) skipped (first: " in last
     assert "a: cannot read " in last  # the first one, as repr
     assert load(tmp_path / "hf", tmp_path / "cache", "folder")["image_id"] == ["c"]
     (tmp_path / "in" / "c").unlink()  # nothing left to export: no file (datasets refuses an empty split)
-    result = export(tmp_path / "out", tmp_path / "empty", "--format", "hf")
+    result = export(output, tmp_path / "empty", "--format", "hf")
     assert result.returncode == 1 and "0 row(s) written" in result.stderr
     assert list((tmp_path / "empty" / "data").iterdir()) == []
 
