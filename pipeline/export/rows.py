@@ -10,10 +10,10 @@ that does not decode) is reported and skipped: never a crash.
 from __future__ import annotations
 
 import sys
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +23,7 @@ from tqdm import tqdm
 from diffseg.config import DiffSegConfig
 
 from ..labeling.output import OutputDataset, manifest_columns, manifest_config
+from ..labeling.prefetch import pool_map
 from ..labeling.sources import ParquetColumns
 from ..labeling.storage import Location, StorageError
 from .annotations import Filters, Unusable, check_scores
@@ -143,25 +144,22 @@ def export(output: Location, exporter: Exporter, workers: int = 4, progress: boo
     total = exporter.settings.rows
     with tqdm(total=total, unit="image", file=sys.stderr, disable=not progress, mininterval=1.0) as bar:
         rows = _ok_rows(OutputDataset(output), ("image_id", *exporter.columns), tally, bar)
-        for (_, row), future in ordered(exporter.convert, rows, workers):
-            try:
-                exporter.write(future.result())
-            except Unusable as error:
-                tally.skipped.append(f"{row['image_id']}: {error}")
+        with ThreadPoolExecutor(workers) as pool:
+            for row, converted, error in pool_map(partial(_convert, exporter), rows, pool, 2 * workers):
+                if error is not None:
+                    tally.skipped.append(f"{row['image_id']}: {error}")
+                else:
+                    exporter.write(converted)
     return tally, exporter.close()
 
 
-def ordered(work: Callable[..., Any], items: Iterable[tuple], workers: int) -> Iterator[tuple[tuple, Future]]:
-    """`(item, future of work(*item))` for each item, in the items' order, with `workers` threads; at most
-    `2 * workers` items are taken ahead of the one yielded, so memory stays bounded."""
-    with ThreadPoolExecutor(workers) as pool:
-        pending: deque[tuple[tuple, Future]] = deque()
-        for item in items:
-            pending.append((item, pool.submit(work, *item)))
-            if len(pending) > 2 * workers:
-                yield pending.popleft()
-        while pending:
-            yield pending.popleft()
+def _convert(exporter: Exporter, item: tuple[int, dict[str, Any]]) -> tuple[dict[str, Any], Any, Unusable | None]:
+    """`(row, converted, None)` for a numbered row, or `(row, None, why)` when it cannot be exported."""
+    number, row = item
+    try:
+        return row, exporter.convert(number, row), None
+    except Unusable as error:
+        return row, None, error
 
 
 def _ok_rows(dataset: OutputDataset, columns: tuple[str, ...], tally: Tally,

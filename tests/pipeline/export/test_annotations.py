@@ -1,8 +1,6 @@
 """Segment annotations: RLE that pycocotools decodes to the segment's pixels, points inside, filters, and the
 bounded in-order pool of the export loop."""
 
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -20,7 +18,6 @@ from pipeline.export.annotations import (
     inner_point,
     row_labels,
 )
-from pipeline.export.rows import ordered
 from tests.pipeline.export.data import blocks
 
 
@@ -79,23 +76,3 @@ def test_a_mask_that_does_not_decode_makes_the_row_unusable():
     assert row_labels({"mask": label_png(blocks(8, 8))}).shape == (8, 8)
     with pytest.raises(Unusable, match="mask does not decode"):
         row_labels({"mask": b"not a png"})
-
-
-def test_the_pool_keeps_order_and_takes_few_items_ahead():
-    taken, lock = [], threading.Lock()
-
-    def items():
-        for index in range(40):
-            with lock:
-                taken.append(index)
-            yield (index,)
-
-    def work(index: int) -> int:
-        time.sleep(0.001 * (index % 3))
-        return index * 2
-
-    seen = []
-    for (index,), future in ordered(work, items(), workers=3):
-        assert len(taken) - index <= 2 * 3 + 1  # bounded: never the whole input at once
-        seen.append(future.result())
-    assert seen == [2 * i for i in range(40)]
