@@ -47,8 +47,8 @@ SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
 def loop_seconds(model: str, config: DiffSegConfig, files: list[Path], threads: int, device: str,
                  batch: int) -> float:
-    """Seconds for `DiffSeg.segment` over the files, `batch` at a time, model already loaded (one warm-up
-    batch first, as the job's actor has run its own by the time the job's labeling is timed in steady state)."""
+    """Seconds for `DiffSeg.segment` over the files, `batch` at a time, model already loaded, after one untimed
+    warm-up batch (the job's timing includes its actor's first batch, so the ratio errs against the job)."""
     torch.set_num_threads(threads)
     segmenter = DiffSeg.from_pretrained(model, config=config, device=device)
     segmenter.segment(files[:batch], batch_size=batch)
