@@ -120,7 +120,7 @@ class ZeroCostSegmenter:
     def prepare(self, data: bytes, name: str | None = None) -> PreparedImage:
         return prepare(data, self.config, name=name)
 
-    def attention_batch(self, images: list[PreparedImage], batch_size: int = 1) -> list[torch.Tensor]:
+    def forward_batch(self, images: list[PreparedImage], batch_size: int = 1) -> list[torch.Tensor]:
         return [self.labels(image.mask_size) for image in images]
 
     def label_batch_scored(self, images: list[PreparedImage], maps: list[torch.Tensor]) -> list[Segmentation]:

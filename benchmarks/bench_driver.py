@@ -42,7 +42,7 @@ class NoopSegmenter:
     def prepare(self, data: bytes, name: str | None = None) -> PreparedImage:
         return PreparedImage(name or "", torch.zeros(3, 64, 64), (8, 8), (8, 8))
 
-    def attention_batch(self, images: list[PreparedImage], batch_size: int = 1) -> list[torch.Tensor]:
+    def forward_batch(self, images: list[PreparedImage], batch_size: int = 1) -> list[torch.Tensor]:
         return [torch.zeros(image.mask_size, dtype=torch.int64) for image in images]
 
     def label_batch_scored(self, images: list[PreparedImage], maps: list[torch.Tensor]) -> list[Segmentation]:

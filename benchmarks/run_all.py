@@ -6,7 +6,9 @@ On a GPU (sized to finish in under 8 minutes on an H100/H200-class GPU):
   synchronized timings in ms and peak GPU memory;
 - `bench_actor.py`: the CPU side of one actor (zero-cost model, 2-megapixel JPEGs) with all the machine's CPUs;
 - `bench_job.py --suite full`: the labeling job against an in-process loop at 512 px, batch 8, on the GPU:
-  images/s per GPU end to end.
+  images/s per GPU end to end;
+- `bench_methods.py`: DiffCut next to DiffSeg (SD 1.5 and SSD-1B, batch 8, float16): forward, post-processing
+  and images/s per method.
 
 `--dry-run` runs the same scripts on CPU at the smallest sizes (a check that everything runs, in a few minutes;
 its figures mean little). Each script's own output is shown as it runs; the JSON has one entry per script.
@@ -34,11 +36,14 @@ def plan(dry_run: bool, cpus: int) -> dict[str, list[str]]:
     if dry_run:
         return {"bench_core": ["--device", "cpu", "--dtype", "bfloat16", "--batch", "1", "--repeat", "1"],
                 "bench_actor": ["--images", "40", "--cpus-per-actor", str(min(2, cpus))],
-                "bench_job": ["--device", "cpu", "--suite", "tiny", "--tiny-images", "100"]}
+                "bench_job": ["--device", "cpu", "--suite", "tiny", "--tiny-images", "100"],
+                "bench_methods": ["--device", "cpu", "--dtype", "bfloat16", "--cases", "ssd1b-diffcut",
+                                  "--repeat", "1"]}
     return {"bench_core": ["--device", "cuda", "--dtype", "float16", "bfloat16", "--batch", "1", "4", "8", "16",
                            "--repeat", "5"],
             "bench_actor": ["--images", "600", "--cpus-per-actor", str(cpus)],
-            "bench_job": ["--device", "cuda", "--suite", "full", "--images", "1024", "--batch", "8"]}
+            "bench_job": ["--device", "cuda", "--suite", "full", "--images", "1024", "--batch", "8"],
+            "bench_methods": ["--device", "cuda", "--dtype", "float16", "--batch", "8", "--repeat", "3"]}
 
 
 def main() -> None:

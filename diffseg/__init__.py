@@ -1,7 +1,9 @@
-"""DiffSeg: zero-shot segmentation from Stable Diffusion self-attention (Tian et al., CVPR 2024).
+"""DiffSeg: zero-shot segmentation from Stable Diffusion self-attention (Tian et al., CVPR 2024), and DiffCut
+(Couairon et al., NeurIPS 2024) from the same models' features.
 
-Public API: `DiffSeg` (the segmenter), `DiffSegConfig` (its settings), `segment_from_attention` (the
-post-processing on captured attention), `stream` (segmenting a stream of images in order, batched) and its
+Public API: `DiffSeg` (the segmenter, either method), `DiffSegConfig` (its settings), `segment_from_attention`
+(DiffSeg's post-processing on captured attention), `segment_from_features` (DiffCut's on one layer's features),
+`stream` (segmenting a stream of images in order, batched) and its
 `Outcome`, `ImageError` (an image that cannot be used), `load_model` and `ModelLoadError`.
 """
 
@@ -14,7 +16,8 @@ __version__ = "0.1.0"
 
 _PUBLIC = {"DEFAULT_MODEL": ".defaults", "DiffSeg": ".segmenter", "DiffSegConfig": ".config",
            "ImageError": ".preprocess", "ModelLoadError": ".model", "Outcome": ".streaming",
-           "load_model": ".model", "segment_from_attention": ".segment", "stream": ".streaming"}
+           "load_model": ".model", "segment_from_attention": ".segment",
+           "segment_from_features": ".diffcut", "stream": ".streaming"}
 """Where each public name lives. They are imported on first use, so that light modules (`diffseg.arguments`,
 `diffseg.defaults`) and the command lines' `--help` do not pay for importing torch."""
 

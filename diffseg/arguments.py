@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from .config import CROP_MODES, METHODS, DiffSegConfig
+from .config import CROP_MODES, METHOD_DEFAULTS, METHODS, DiffSegConfig
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -25,7 +25,9 @@ def add_algorithm_arguments(parser: argparse.ArgumentParser, methods: Sequence[s
     `crop` and `kl_threshold` are the command's defaults; `kl_threshold=None` leaves the threshold to the
     command (which must say how it chooses it)."""
     parser.add_argument("--method", choices=methods, default=DiffSegConfig.method,
-                        help="diffseg (the paper's method, default) or a K-Means baseline on the same attention")
+                        help="diffseg (default; DiffSeg, CVPR 2024), kmeans-c (its K-Means baseline on the same "
+                             "attention) or diffcut (DiffCut, NeurIPS 2024: stronger, best with an SDXL-family model "
+                             "such as segmind/SSD-1B)")
     parser.add_argument("--kl-threshold", type=parse_thresholds, default=kl_threshold,
                         help="merge threshold, or one per pass comma-separated (default "
                              + (f"{kl_threshold:g})" if kl_threshold is not None else "set by the command, see above)"))
@@ -33,20 +35,35 @@ def add_algorithm_arguments(parser: argparse.ArgumentParser, methods: Sequence[s
                         help="anchor grid side (default 16)")
     parser.add_argument("--num-clusters", type=int, default=DiffSegConfig.num_clusters,
                         help="K of --method kmeans-c (default 6)")
-    parser.add_argument("--timestep", type=int, default=DiffSegConfig.timestep, help="default 300")
-    parser.add_argument("--resolution", type=int, default=DiffSegConfig.resolution,
-                        help="processing size of the longer side, a multiple of 64 (default 512)")
+    parser.add_argument("--timestep", type=int, default=None,
+                        help=f"diffusion timestep (default {_by_method('timestep')})")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="processing size of the longer side, a multiple of 64 "
+                             f"(default {_by_method('resolution')})")
     parser.add_argument("--crop", choices=CROP_MODES, default=crop,
                         help=f"none: whole image; center: the paper's square crop (default {crop})")
     parser.add_argument("--refine", action="store_true", help="K-Means refinement of the merged segments")
+    parser.add_argument("--ncut-threshold", type=float, default=DiffSegConfig.ncut_threshold,
+                        help="diffcut: keep cutting while the normalized cut is below this; larger gives more "
+                             "segments (default 0.5)")
+    parser.add_argument("--alpha", type=float, default=DiffSegConfig.alpha,
+                        help="diffcut: exponent of the token affinity (default 10)")
+    parser.add_argument("--pamr", action="store_true",
+                        help="diffcut: refine the masks on the image's colours (PAMR), as the paper's best results")
 
 
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> DiffSegConfig:
     """The `DiffSegConfig` of flags added by `add_algorithm_arguments`; raises `ValueError` on a bad value."""
     settings = dict(method=args.method, kl_threshold=args.kl_threshold, num_points=args.num_points,
                     num_clusters=args.num_clusters, timestep=args.timestep, resolution=args.resolution,
-                    crop=args.crop, refine=args.refine)
+                    crop=args.crop, refine=args.refine, ncut_threshold=args.ncut_threshold, alpha=args.alpha,
+                    pamr=args.pamr)
     return DiffSegConfig(**{**settings, **overrides})
+
+
+def _by_method(name: str) -> str:
+    return ", ".join(f"{method} {settings[name]}" for method, settings in METHOD_DEFAULTS.items()
+                     if method != "kmeans-c")
 
 
 def parse_thresholds(text: str) -> float | tuple[float, ...]:

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from .arguments import OneLineParser, add_algorithm_arguments, config_from_args
-from .defaults import DEFAULT_MODEL, IMAGE_SUFFIXES, MAX_PIXELS
+from .defaults import DEFAULT_MODEL, IMAGE_SUFFIXES, MAX_PIXELS, MODEL_HELP
 from .filenames import FileNames
 from .model import DTYPES, ModelLoadError
 from .preprocess import ImageError, PreparedImage
@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="folder for NAME.mask.png and NAME.overlay.png (NAME: the file's path under its input "
                           "folder without suffix, characters other than letters, digits, ' ._-' escaped as %%XX)")
     seg.add_argument("--model", default=DEFAULT_MODEL,
-                     help=f"Hub id, local diffusers folder, or 'tiny' (default {DEFAULT_MODEL})")
+                     help=MODEL_HELP)
     add_algorithm_arguments(seg)
     seg.add_argument("--batch-size", type=int, default=1)
     seg.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")

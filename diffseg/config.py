@@ -1,4 +1,4 @@
-"""Algorithm settings of DiffSeg, with the published defaults."""
+"""Algorithm settings of DiffSeg and DiffCut, with the published defaults."""
 
 from __future__ import annotations
 
@@ -10,12 +10,22 @@ from dataclasses import dataclass
 from typing import Any
 
 CROP_MODES = ("none", "center")
-METHODS = ("diffseg", "kmeans-c")
+METHODS = ("diffseg", "kmeans-c", "diffcut")
+METHOD_DEFAULTS = {"diffseg": {"timestep": 300, "resolution": 512},
+                   "kmeans-c": {"timestep": 300, "resolution": 512},
+                   "diffcut": {"timestep": 50, "resolution": 1024}}
+"""`timestep` and `resolution` of each method's paper, used when a config leaves them unset."""
+_ATTENTION_FIELDS = ("kl_threshold", "num_points", "weights", "refine", "num_clusters")
+_FEATURE_FIELDS = ("ncut_threshold", "alpha", "pamr")
+_UNUSED_FIELDS = {"diffseg": _FEATURE_FIELDS, "kmeans-c": _FEATURE_FIELDS, "diffcut": _ATTENTION_FIELDS}
+"""The settings of the other family of methods (attention-based DiffSeg and K-Means-C, feature-based DiffCut),
+left out of a config's `to_dict` and hash since they cannot change its masks (so DiffSeg's hashes are those from
+before DiffCut existed)."""
 
 
 @dataclass(frozen=True)
 class DiffSegConfig:
-    """Every setting that changes the masks DiffSeg produces.
+    """Every setting that changes the masks DiffSeg or DiffCut produces.
 
     Two configs that compare equal give the same masks for the same model and image; `config_hash`
     identifies a config in provenance records.
@@ -30,16 +40,20 @@ class DiffSegConfig:
     """Side M of the anchor grid on the finest (64x64 at 512 px) attention grid: M x M anchors for a square
     image, the same spacing along the shorter side of an oblong one. More anchors can find smaller objects."""
 
-    timestep: int = 300
-    """Diffusion timestep whose embedding conditions the UNet (the latent itself gets no noise). 0..999."""
+    timestep: int | None = None
+    """Diffusion timestep, 0..999; None: the method's (`METHOD_DEFAULTS`). DiffSeg: 300, whose embedding
+    conditions the UNet while the latent itself gets no noise. DiffCut: 50, the latent noised to that step with
+    one fixed noise shared by every image (seed 42)."""
 
-    resolution: int = 512
-    """Processing size in pixels of the longer image side (a multiple of 64). The finest attention grid is
-    resolution / 8 cells along that side."""
+    resolution: int | None = None
+    """Processing size in pixels of the longer image side, a multiple of 64; None: the method's (DiffSeg 512,
+    DiffCut 1024). DiffSeg's finest attention grid is resolution / 8 cells along that side; DiffCut's features
+    are resolution / 32 tokens along it."""
 
     crop: str = "none"
     """"none": the whole image, aspect kept, mask at the original size. "center": the paper's protocol, a
-    center square resized to resolution x resolution, mask of that size."""
+    center square resized to resolution x resolution, mask of that size (DiffSeg: side min(H, W); DiffCut: side
+    min(H, W) - 1, as its official code crops)."""
 
     weights: tuple[float, ...] | None = None
     """Aggregation weight of each attention resolution, finest first; normalized to sum 1. None gives the
@@ -49,14 +63,35 @@ class DiffSegConfig:
     """K-Means refinement of the merged proposals (as in the official demo; off for the paper's numbers)."""
 
     method: str = "diffseg"
-    """How segments are formed from the aggregated attention. "diffseg": anchors and iterative KL merging (the
-    paper's method; uses `kl_threshold`, `num_points`, `refine`). "kmeans-c": the paper's K-Means-C baseline,
-    K-Means of the attention maps into `num_clusters` clusters (k-means++ seeded with a fixed seed)."""
+    """"diffseg": DiffSeg (Tian et al., CVPR 2024), anchors and iterative KL merging of the aggregated
+    self-attention (uses `kl_threshold`, `num_points`, `weights`, `refine`). "kmeans-c": the DiffSeg paper's
+    K-Means-C baseline, K-Means of the attention maps into `num_clusters` clusters (k-means++, fixed seed).
+    "diffcut": DiffCut (Couairon et al., NeurIPS 2024), recursive normalized cut of one self-attention layer's
+    output features (uses `ncut_threshold`, `alpha`, `pamr`)."""
 
     num_clusters: int = 6
-    """K of the "kmeans-c" method (the paper's K-Means-C uses 6); unused by "diffseg"."""
+    """K of the "kmeans-c" method (the paper's K-Means-C uses 6); unused by the others."""
+
+    ncut_threshold: float = 0.5
+    """DiffCut's tau: a bipartition is kept, and both halves cut further, while its normalized cut value is
+    below tau (in (0, 2]: an NCut value is at most 2). Larger values cut more, giving more and smaller segments.
+    The paper uses 0.5."""
+
+    alpha: float = 10.0
+    """DiffCut's affinity exponent: the min-max normalized cosine affinity of two tokens is raised to this power
+    (> 0), which keeps only strong affinities. The paper uses 10."""
+
+    pamr: bool = False
+    """DiffCut: refine the label map with PAMR (pixel-adaptive mask refinement on the image's colours, 10
+    iterations, dilations 1, 2, 4, 8, then a 3x3 median) at 4x the feature grid (128 x 128 at 1024 px), as the
+    paper's best results do."""
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        for key, value in METHOD_DEFAULTS[self.method].items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
         taus = self.kl_threshold
         if isinstance(taus, Sequence) and not isinstance(taus, str):
             taus = tuple(float(t) for t in taus)
@@ -73,12 +108,16 @@ class DiffSegConfig:
             raise ValueError(f"resolution must be a positive multiple of 64, got {self.resolution}")
         if self.crop not in CROP_MODES:
             raise ValueError(f"crop must be one of {CROP_MODES}, got {self.crop!r}")
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.num_clusters < 1:
             raise ValueError(f"num_clusters must be at least 1, got {self.num_clusters}")
         if self.refine and self.method != "diffseg":
             raise ValueError("refine applies to the diffseg method only")
+        if not 0 < self.ncut_threshold <= 2:
+            raise ValueError(f"ncut_threshold must be in (0, 2], got {self.ncut_threshold}")
+        if not self.alpha > 0:
+            raise ValueError(f"alpha must be positive, got {self.alpha}")
+        if self.pamr and self.method != "diffcut":
+            raise ValueError("pamr applies to the diffcut method only")
         if self.weights is not None:
             weights = tuple(float(w) for w in self.weights)
             if not weights or any(w < 0 for w in weights) or sum(weights) <= 0:
@@ -93,14 +132,17 @@ class DiffSegConfig:
         return (self.kl_threshold,) * 3
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serializable form (tuples as lists)."""
+        """Plain JSON-serializable form (tuples as lists) of the settings that apply to the method (see
+        `_UNUSED_FIELDS`)."""
         return {
             key: list(value) if isinstance(value, tuple) else value
-            for key, value in dataclasses.asdict(self).items()
+            for key, value in dataclasses.asdict(self).items() if key not in _UNUSED_FIELDS[self.method]
         }
 
     def config_hash(self) -> str:
         """Short stable hash of the settings, for provenance and output separation."""
-        canonical = dict(self.to_dict(), kl_threshold=list(self.thresholds))
+        canonical = self.to_dict()
+        if "kl_threshold" in canonical:
+            canonical["kl_threshold"] = list(self.thresholds)
         blob = json.dumps(canonical, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

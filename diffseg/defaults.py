@@ -4,6 +4,10 @@ and flag errors answer at once)."""
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 """The model of the paper's numbers; SD 1.5 (same layout) works as well."""
 
+MODEL_HELP = (f"Hub id, local diffusers folder, or a built-in random-weight model for smoke runs: tiny (SD layout), "
+              f"tiny-xl (SDXL layout). DiffCut's paper uses segmind/SSD-1B (default {DEFAULT_MODEL})")
+"""What every command line's `--model` accepts."""
+
 PRECISIONS = ("float32", "float16", "bfloat16")
 """Model precisions by name (`diffseg.model.DTYPES` maps them to torch dtypes)."""
 

@@ -31,7 +31,7 @@ def label_map(proposals: torch.Tensor, grid: tuple[int, int], output_size: tuple
         order; proposals that win no pixel get no label. Ties go to the earlier proposal.
     """
     winners, _, _ = _argmax(proposals, grid, output_size, runner_up=False)
-    return _compact(winners, len(proposals))
+    return compact(winners, len(proposals))
 
 
 def label_map_with_margins(proposals: torch.Tensor, grid: tuple[int, int], output_size: tuple[int, int]
@@ -42,7 +42,7 @@ def label_map_with_margins(proposals: torch.Tensor, grid: tuple[int, int], outpu
     that wins no pixel)."""
     winners, best, runner_up = _argmax(proposals, grid, output_size, runner_up=True)
     margin = torch.where(best > 0, (best - runner_up.clamp_min(0)) / best, torch.zeros_like(best))
-    table = _table(winners, len(proposals))
+    table = proposal_table(winners, len(proposals))
     return table.to(label_dtype(len(proposals)))[winners], margin.clamp_(0, 1), table
 
 
@@ -76,12 +76,12 @@ def _argmax(proposals: torch.Tensor, grid: tuple[int, int], output_size: tuple[i
     return winners, best, second
 
 
-def _compact(winners: torch.Tensor, count: int) -> torch.Tensor:
+def compact(winners: torch.Tensor, count: int) -> torch.Tensor:
     """`winners` (proposal indices) renumbered 0..K'-1 over the proposals that win a pixel, in `label_dtype`."""
-    return _table(winners, count).to(label_dtype(count))[winners]
+    return proposal_table(winners, count).to(label_dtype(count))[winners]
 
 
-def _table(winners: torch.Tensor, count: int) -> torch.Tensor:
+def proposal_table(winners: torch.Tensor, count: int) -> torch.Tensor:
     """int64 `(count,)`: the label of each proposal, numbered in order over those that win a pixel of `winners`,
     -1 for the others. Through a per-proposal count rather than `unique` (a sort, and a host sync on a GPU)."""
     wins = torch.zeros(count, dtype=torch.int64, device=winners.device).index_add_(

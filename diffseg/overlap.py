@@ -20,7 +20,7 @@ IN_FLIGHT = 2
 class Overlapped:
     """Submits batches without waiting for them; each image's result comes as a `Future`.
 
-    A batch is `forward(images, batch_size)` (e.g. `DiffSeg.attention_batch`) then `post(images, maps)` (e.g.
+    A batch is `forward(images, batch_size)` (e.g. `DiffSeg.forward_batch`) then `post(images, maps)` (e.g.
     `DiffSeg.label_batch` or `label_batch_scored`). The forward runs on `model_thread` (the one thread that runs the
     model, see `pipeline.labeling.worker`). On a GPU the post-processing runs on a second thread and its own CUDA
     stream, so the device works on one batch's post-processing while the model thread launches the next batch's
@@ -28,7 +28,7 @@ class Overlapped:
 
     Example::
 
-        overlapped = Overlapped(segmenter.attention_batch, segmenter.label_batch, segmenter.device,
+        overlapped = Overlapped(segmenter.forward_batch, segmenter.label_batch, segmenter.device,
                                 ThreadPoolExecutor(1))
         futures = overlapped.submit(images, batch_size=8)  # returns at once
         labels = [future.result() for future in futures]
@@ -74,17 +74,24 @@ class Overlapped:
 
     def _on_stream(self, images: Sequence[PreparedImage], maps: Future) -> list[Any]:
         """`post` after the forward that made `maps`, on this object's CUDA stream when there is one."""
-        attention = maps.result()
+        evidence = maps.result()
         if self._stream is None:
-            return self._post(images, attention)
+            return self._post(images, evidence)
         # The forward's kernels were queued on the device's default stream before `maps` resolved.
         self._stream.wait_stream(torch.cuda.default_stream(self._device))
-        for image_maps in attention:
-            for tensor in image_maps:
-                # Freed on this thread while the model thread allocates: keep the memory until this stream is done.
-                tensor.record_stream(self._stream)
+        for tensor in _tensors(evidence):
+            # Freed on this thread while the model thread allocates: keep the memory until this stream is done.
+            tensor.record_stream(self._stream)
         with torch.cuda.stream(self._stream):
-            return self._post(images, attention)
+            return self._post(images, evidence)
+
+
+def _tensors(evidence: Any) -> list[torch.Tensor]:
+    """The tensors of a forward's output: per image a tensor (DiffCut's features) or a list of them (DiffSeg's
+    attention maps)."""
+    if isinstance(evidence, torch.Tensor):
+        return [evidence]
+    return [tensor for part in evidence for tensor in _tensors(part)]
 
 
 def _per_image(batch: Future, count: int) -> list[Future]:

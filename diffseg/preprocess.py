@@ -64,6 +64,9 @@ class PreparedImage:
     """`(height, width)` of the whole image, after EXIF orientation."""
     orientation: int = 1
     """EXIF orientation applied to the stored pixels (1: none; see `prepare_label`)."""
+    crop_box: tuple[int, int, int] | None = None
+    """`(left, top, side)` of the square the pixels come from, in the oriented full-size image (`center_square`);
+    None in whole-image mode."""
 
 
 def prepare(image: ImageInput, config: DiffSegConfig, name: str | None = None,
@@ -83,9 +86,10 @@ def prepare(image: ImageInput, config: DiffSegConfig, name: str | None = None,
         rgb, (width, height), orientation = _decode(image, max_pixels, draft=config.resolution)
     except ImageError as error:
         raise ImageError(name, error.reason) from None
-    if config.crop == "center":
+    crop_box = center_square(width, height, config) if config.crop == "center" else None
+    if crop_box:
         mask_size = (config.resolution, config.resolution)
-        rgb = _central_square(rgb, width, height, config.resolution)
+        rgb = _square(rgb, width, height, crop_box, config.resolution)
     else:
         mask_size = (height, width)
         rgb = rgb.resize(processing_size(width, height, config.resolution), Image.Resampling.BILINEAR)
@@ -94,7 +98,7 @@ def prepare(image: ImageInput, config: DiffSegConfig, name: str | None = None,
     array = np.asarray(rgb, dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
     pixels = torch.from_numpy(array).permute(2, 0, 1)
     return PreparedImage(name=name, pixels=pixels, mask_size=mask_size, original_size=(height, width),
-                         orientation=orientation)
+                         orientation=orientation, crop_box=crop_box)
 
 
 def labeled_view(image: ImageInput, config: DiffSegConfig, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -106,14 +110,16 @@ def labeled_view(image: ImageInput, config: DiffSegConfig, max_pixels: int = MAX
         ImageError: as `prepare`, without a name.
     """
     rgb, (width, height), _ = _decode(image, max_pixels, draft=None)
-    return _central_square(rgb, width, height, config.resolution) if config.crop == "center" else rgb
+    if config.crop != "center":
+        return rgb
+    return _square(rgb, width, height, center_square(width, height, config), config.resolution)
 
 
-def prepare_label(label: np.ndarray, image: PreparedImage) -> np.ndarray:
+def prepare_label(label: np.ndarray, image: PreparedImage, size: tuple[int, int] | None = None) -> np.ndarray:
     """A per-pixel class map of `image` as stored (before EXIF orientation), given the geometry `prepare` gave
-    the image: oriented the same way and, in center mode, the same central square resized to the mask size
-    by nearest neighbour. Returns an int64 `(H, W)` array of `image.mask_size`, so that it lines up with the
-    image's label map.
+    the image: oriented the same way and, in center mode, the same central square resized to `size` (default
+    the mask size) by nearest neighbour. Returns an int64 `(H, W)` array of that size, so that it lines up with
+    the image's label map made at that size.
 
     Raises:
         ImageError: named as the image, if the label's size is not the image's.
@@ -125,24 +131,32 @@ def prepare_label(label: np.ndarray, image: PreparedImage) -> np.ndarray:
     if labels.size != (width, height):
         raise ImageError(image.name, f"label of {labels.width}x{labels.height} pixels does not fit an image of "
                                      f"{width}x{height} pixels")
-    if image.mask_size != image.original_size:
-        left, top, side = center_square(width, height)
-        labels = labels.resize(image.mask_size[::-1], Image.Resampling.NEAREST,
-                               box=(left, top, left + side, top + side))
+    size = tuple(size or image.mask_size)
+    if image.crop_box:
+        left, top, side = image.crop_box
+        labels = labels.resize(size[::-1], Image.Resampling.NEAREST, box=(left, top, left + side, top + side))
+    elif size != image.original_size:
+        labels = labels.resize(size[::-1], Image.Resampling.NEAREST)
     return np.asarray(labels, dtype=np.int64)
 
 
-def center_square(width: int, height: int) -> tuple[int, int, int]:
-    """`(left, top, side)` of the central square of a `width x height` image (center-crop mode)."""
-    side = min(width, height)
-    return (width - side) // 2, (height - side) // 2, side
+def center_square(width: int, height: int, config: DiffSegConfig) -> tuple[int, int, int]:
+    """`(left, top, side)` of the central square of a `width x height` image (center-crop mode), as each method's
+    official code crops: DiffSeg the largest square; DiffCut side min(width, height) - 1, offsets rounded half to
+    even (torchvision's `CenterCrop`)."""
+    if config.method != "diffcut":
+        side = min(width, height)
+        return (width - side) // 2, (height - side) // 2, side
+    side = max(1, min(width, height) - 1)
+    return round((width - side) / 2), round((height - side) / 2), side
 
 
-def _central_square(rgb: Image.Image, width: int, height: int, resolution: int) -> Image.Image:
-    """The central square of an image of oriented full size `width x height` whose pixels `rgb` the decoder
+def _square(rgb: Image.Image, width: int, height: int, crop_box: tuple[int, int, int], resolution: int
+            ) -> Image.Image:
+    """The square `crop_box` of an image of oriented full size `width x height` whose pixels `rgb` the decoder
     may have scaled down, resized (bilinear) to `resolution x resolution`."""
     scale_x, scale_y = rgb.width / width, rgb.height / height
-    left, top, side = center_square(width, height)
+    left, top, side = crop_box
     box = (left * scale_x, top * scale_y, (left + side) * scale_x, (top + side) * scale_y)
     return rgb.crop(tuple(round(v) for v in box)).resize((resolution, resolution), Image.Resampling.BILINEAR)
 

@@ -1,4 +1,4 @@
-"""`DiffSeg`: images in, DiffSeg label maps out, with a Stable Diffusion model held in memory."""
+"""`DiffSeg`: images in, DiffSeg or DiffCut label maps out, with a Stable Diffusion model held in memory."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import torch
 from .attention import SelfAttentionCapture
 from .config import DiffSegConfig
 from .defaults import DEFAULT_MODEL, MAX_PIXELS
+from .diffcut import segment_features, segment_features_scored
+from .features import layer_features
 from .model import LoadedModel, load_model
 from .preprocess import ImageInput, PreparedImage, prepare
 from .segment import Segmentation, segment_images, segment_images_scored
@@ -20,20 +22,33 @@ GPU_BATCH_SIZE = 8
 """Images per forward on a GPU by default: enough to fill a data-center GPU at 512 px (benchmarks/README.md)."""
 GPU_MEMORY_PER_IMAGE = 2 * 2**30
 """Bytes of device memory one image of a batch may need at 512 px, with room to spare: its activations, its
-captured maps (68 MiB fp32), its share of the capture's chunks and its post-processing (2 x 64 MiB)."""
+captured maps (68 MiB fp32), its share of the capture's chunks and its post-processing (2 x 64 MiB). DiffCut at
+1024 px needs less: activations down to its layer only, and 32 x 32 tokens of 1280 features."""
+NOISE_SEED = 42
+"""Seed of the one noise tensor DiffCut adds to every latent (a CPU `torch.Generator`, so the same on any device)."""
 
 
 class DiffSeg:
-    """Zero-shot segmentation from the self-attention of a Stable Diffusion UNet (Tian et al., CVPR 2024).
+    """Zero-shot segmentation from a Stable Diffusion UNet: DiffSeg (Tian et al., CVPR 2024) or DiffCut (Couairon
+    et al., NeurIPS 2024), as `config.method` says.
 
-    Per batch of same-size images: VAE posterior mean x scaling factor, one UNet forward at `config.timestep`
-    with the empty-prompt context and no noise, capture of the 16 self-attention layers, then aggregation,
-    iterative KL merging and per-pixel argmax (`segment_images`).
+    Per batch of same-size images, the VAE posterior mean x scaling factor goes through one UNet forward with the
+    empty-prompt context, then:
+
+    - DiffSeg (and K-Means-C): at `config.timestep` with no noise; the self-attention of every layer is captured,
+      then aggregated, merged and turned into labels by per-pixel argmax (`segment_images`). On SDXL-family
+      models, whose self-attention layers sit at fewer resolutions (1/16 and 1/32 of the pixels: there is none at
+      the latent's own), the aggregation weighs the resolutions present in proportion to their grid side, as it
+      does SD's four.
+    - DiffCut: the latent is noised to `config.timestep` with one fixed noise (`NOISE_SEED`), the forward stops
+      right after the feature layer (`features.feature_layer`), and the features are cut recursively
+      (`diffcut.segment_features`).
 
     Example::
 
         segmenter = DiffSeg.from_pretrained("CompVis/stable-diffusion-v1-4")
         labels = segmenter.segment(["cat.jpg", "street.png"])  # [(H, W) uint8 tensors]
+        diffcut = DiffSeg.from_pretrained("segmind/SSD-1B", DiffSegConfig(method="diffcut"))
     """
 
     def __init__(self, model: LoadedModel, config: DiffSegConfig | None = None,
@@ -47,13 +62,15 @@ class DiffSeg:
         self.model = model
         self.config = config or DiffSegConfig()
         self.max_pixels = max_pixels
-        self.capture = SelfAttentionCapture.of(model.unet)
+        # DiffCut reads one layer's output through a hook and keeps the stock (fused) attention everywhere.
+        self.capture = None if self.config.method == "diffcut" else SelfAttentionCapture.of(model.unet)
 
     @classmethod
     def from_pretrained(cls, model: str = DEFAULT_MODEL, config: DiffSegConfig | None = None,
                         device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                         revision: str | None = None, max_pixels: int = MAX_PIXELS) -> DiffSeg:
-        """Load `model` (Hub id, local diffusers folder, or `tiny` / `sd15-random`) and build a segmenter.
+        """Load `model` (Hub id, local diffusers folder, or a built-in: `tiny`, `tiny-xl`, `sd15-random`,
+        `ssd1b-random`) and build a segmenter.
 
         `device` defaults to CUDA when available, else CPU; `dtype` to fp16 on CUDA and fp32 elsewhere.
         Raises `ModelLoadError` with a one-line explanation when the model cannot be found.
@@ -104,28 +121,45 @@ class DiffSeg:
 
     def segment_batch(self, images: Sequence[PreparedImage], batch_size: int) -> list[torch.Tensor]:
         """Label maps (as `segment`) of 1 to `batch_size` images of one processing size, from one forward (see
-        `attention_batch`), post-processed together on the model's device (`label_batch`)."""
-        return self.label_batch(images, self.attention_batch(images, batch_size))
+        `forward_batch`), post-processed together on the model's device (`label_batch`)."""
+        return self.label_batch(images, self.forward_batch(images, batch_size))
 
-    def label_batch(self, images: Sequence[PreparedImage], maps: Sequence[Sequence[torch.Tensor]]
+    def label_batch(self, images: Sequence[PreparedImage], evidence: Sequence[Any],
+                    config: DiffSegConfig | None = None, sizes: Sequence[tuple[int, int]] | None = None
                     ) -> list[torch.Tensor]:
-        """The label maps (as `segment`, on CPU) of `images` from their `attention_batch` maps, post-processed
-        together on the maps' device (`segment_images`). Separate from the forward so that a GPU can run one
-        batch's post-processing while it runs the next batch's forward (see `overlap.Overlapped`)."""
-        labels = segment_images(maps, self.config, [image.mask_size for image in images])
+        """The label maps (as `segment`, on CPU) of `images` from their `forward_batch` output, post-processed
+        together on its device (`segment_images` or `diffcut.segment_features`). Separate from the forward so
+        that a GPU can run one batch's post-processing while it runs the next batch's forward (see
+        `overlap.Overlapped`).
+
+        Args:
+            config: post-processing settings other than this segmenter's (of the same method family, since the
+                forward decided what `evidence` is: a threshold sweep, say); None: `self.config`.
+            sizes: `(height, width)` of each label map; None: each image's `mask_size`.
+        """
+        config = config or self.config
+        sizes = sizes or [image.mask_size for image in images]
+        if config.method == "diffcut":
+            labels = segment_features(evidence, config, sizes, [image.pixels for image in images])
+        else:
+            labels = segment_images(evidence, config, sizes)
         return [label.cpu() for label in labels]
 
-    def label_batch_scored(self, images: Sequence[PreparedImage], maps: Sequence[Sequence[torch.Tensor]]
-                           ) -> list[Segmentation]:
+    def label_batch_scored(self, images: Sequence[PreparedImage], evidence: Sequence[Any]) -> list[Segmentation]:
         """`label_batch` with each segment's `score` and `stability` (`diffseg.scores`), all on CPU: the same label
-        maps, for the cost of two more merges and label maps per image."""
-        scored = segment_images_scored(maps, self.config, [image.mask_size for image in images])
+        maps, for the cost of two more merges (DiffSeg) or cuts (DiffCut) and label maps per image."""
+        sizes = [image.mask_size for image in images]
+        if self.config.method == "diffcut":
+            scored = segment_features_scored(evidence, self.config, sizes, [image.pixels for image in images])
+        else:
+            scored = segment_images_scored(evidence, self.config, sizes)
         return [result.cpu() for result in scored]
 
-    def attention_batch(self, images: Sequence[PreparedImage], batch_size: int) -> list[list[torch.Tensor]]:
-        """Per image of 1 to `batch_size` images of one processing size, from one forward: its per-resolution
-        attention `(h, w, h, w)` (fp32, finest first, on the model's device), ready for
-        `segment_from_attention` with any settings.
+    def forward_batch(self, images: Sequence[PreparedImage], batch_size: int) -> list[Any]:
+        """Per image of 1 to `batch_size` images of one processing size, from one forward, what the method
+        segments (on the model's device): DiffSeg, its per-resolution attention `(h, w, h, w)` (fp32, finest
+        first), ready for `segment_from_attention` with any settings; DiffCut, its features `(h, w, C)` (the
+        model's dtype), ready for `segment_from_features`.
 
         The batch is padded to `batch_size` with copies of its last image: every forward then has the same
         shape, so the vendor kernels chosen (and their rounding) are the same, and an image's attention does
@@ -134,18 +168,39 @@ class DiffSeg:
         choices nearly tie.
         """
         padded = [*images, *[images[-1]] * (batch_size - len(images))]
-        maps = self.attention(torch.stack([image.pixels for image in padded]))
+        pixels = torch.stack([image.pixels for image in padded])
+        if self.config.method == "diffcut":
+            features = self.features(pixels)
+            return list(features[:len(images)])
+        maps = self.attention(pixels)
         return [[m[row] for m in maps] for row in range(len(images))]
 
     @torch.inference_mode()
     def attention(self, pixels: torch.Tensor) -> list[torch.Tensor]:
         """Per-resolution self-attention `(B, h, w, h, w)` (fp32, finest first) for pixels `(B, 3, H, W)`
         in [-1, 1], H and W multiples of 64."""
-        model = self.model
-        pixels = pixels.to(device=self.device, dtype=self.dtype)
-        latents = model.vae.encode(pixels).latent_dist.mean * model.vae.config.scaling_factor
-        context = model.context.expand(len(pixels), -1, -1)
+        latents = self._latents(pixels)
         timestep = torch.full((len(pixels),), self.config.timestep, device=self.device, dtype=torch.long)
         self.capture.reset()
-        model.unet(latents, timestep, encoder_hidden_states=context)
+        self.model.unet(latents, timestep, **self.model.unet_inputs(len(pixels), tuple(pixels.shape[-2:])))
         return self.capture.maps(tuple(latents.shape[-2:]))
+
+    @torch.inference_mode()
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """DiffCut's features `(B, h, w, C)` (the model's dtype; h, w = H / 32, W / 32) for pixels `(B, 3, H, W)` in
+        [-1, 1], H and W multiples of 64: the latents noised to `config.timestep` with one noise for the whole
+        batch, as the paper does, through the UNet up to the feature layer."""
+        latents = self._latents(pixels).float()  # noised in fp32, as the paper does, then cast for the UNet
+        generator = torch.Generator().manual_seed(NOISE_SEED)
+        noise = torch.randn((1, *latents.shape[1:]), generator=generator).to(latents.device)
+        timestep = torch.full((len(pixels),), self.config.timestep, device=self.device, dtype=torch.long)
+        noisy = self.model.scheduler.add_noise(latents, noise.expand_as(latents), timestep).to(self.dtype)
+        return layer_features(self.model.unet, noisy, timestep,
+                             **self.model.unet_inputs(len(pixels), tuple(pixels.shape[-2:])))
+
+    def _latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        """VAE posterior mean x scaling factor `(B, 4, H / 8, W / 8)` in the UNet's dtype (the VAE's may be fp32,
+        see `model.load_model`), for pixels in [-1, 1]."""
+        vae = self.model.vae
+        pixels = pixels.to(device=self.device, dtype=vae.dtype)
+        return (vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor).to(self.dtype)

@@ -52,7 +52,7 @@ def stream(items: Iterable[tuple[Key, PreparedImage | ImageError]],
         batch_size: most images per `model` call.
         window: images that may arrive after an image before its batch runs short; None: `WINDOW` batch
             sizes. A batch run short moves the later images of its size to other rows of their batches,
-            where the model may round differently (see `DiffSeg.attention_batch`); one size alone never
+            where the model may round differently (see `DiffSeg.forward_batch`); one size alone never
             runs short while `window >= batch_size - 1`.
 
     Raises:

@@ -1,12 +1,16 @@
-"""Score DiffSeg, a K-Means baseline, or a labeling job's masks on a labeled dataset, as the paper does.
+"""Score DiffSeg, a K-Means baseline, DiffCut, or a labeling job's masks on a labeled dataset, as the papers do.
 
     python jobs/evaluate.py --dataset coco-stuff-27 --root data/cocostuff --image-list Coco164kFull_Stuff_Coarse_7.txt
     python jobs/evaluate.py --dataset cityscapes --root data/cityscapes --sweep 0.7,0.8,0.9,1.0,1.1 --limit 100
     python jobs/evaluate.py --dataset cityscapes --root data/cityscapes --predictions s3://bucket/masks/
+    python jobs/evaluate.py --dataset coco-stuff-27 --root data/cocostuff --image-list Coco164kFull_Stuff_Coarse_7.txt \
+        --method diffcut --model segmind/SSD-1B --label-size 128 --pamr
 
-Defaults follow the paper: the center square of each image at 512x512 (labels cropped the same way and
+Defaults follow the DiffSeg paper: the center square of each image at 512x512 (labels cropped the same way and
 resized by nearest neighbour), tau 1.1 for COCO-Stuff-27 and 0.9 for Cityscapes, per-image Hungarian
-matching. Prints a table (ACC, mIoU, images, seconds), writes one row per image to --scores, and prints a
+matching. DiffCut's paper: 1024x1024, tau 0.5, scored at 128x128 (`--label-size 128`).
+
+Prints a table (ACC, mIoU, images, seconds), writes one row per image to --scores, and prints a
 JSON summary as its last line. Exit status: 0 every image scored, 1 some images could not be scored (the
 scores file says why), 2 bad arguments, dataset, output or model.
 """
@@ -23,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from diffseg import DEFAULT_MODEL, DiffSeg, ModelLoadError  # noqa: E402
 from diffseg.arguments import OneLineParser, add_algorithm_arguments, config_from_args, parse_thresholds  # noqa: E402
+from diffseg.defaults import MODEL_HELP  # noqa: E402
 from diffseg.metrics import PROTOCOLS  # noqa: E402
 from diffseg.model import DTYPES  # noqa: E402
 from pipeline.evaluation.datasets import DATASETS, SPLITS, open_dataset  # noqa: E402
@@ -47,8 +52,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", default=None, metavar="OUTPUT_URL",
                    help="score the masks of a labeling job's output instead of running a model (its manifest "
                         "gives the crop and resolution; model and algorithm flags do not apply)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"Hub id, local diffusers folder, or 'tiny' "
-                                                           f"(default {DEFAULT_MODEL})")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--revision", default=None, help="Hub revision of --model")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
@@ -56,7 +60,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="images per UNet forward (default 1)")
     add_algorithm_arguments(p, SCORED_METHODS, crop="center", kl_threshold=None)
     p.add_argument("--sweep", type=parse_thresholds, default=None, metavar="TAUS",
-                   help="score several merge thresholds at once, comma-separated (one forward per image)")
+                   help="score several merge (diffseg) or cut (diffcut) thresholds at once, comma-separated (one "
+                        "forward per image)")
+    p.add_argument("--label-size", type=int, default=None, metavar="N",
+                   help="score at N x N (with --crop center): masks made at that size, ground truth resized by "
+                        "nearest neighbour; DiffCut's paper uses 128 (default: at the mask's size)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="per-image",
                    help="per-image Hungarian matching (the paper's, default) or one matching over the dataset")
     p.add_argument("--scores", default=None,
@@ -73,17 +81,19 @@ def run(args: argparse.Namespace) -> Report:
     """Open the dataset and score what the arguments ask for; raises `ValueError`, `StorageError` or
     `ModelLoadError` with a one-line message."""
     for flag, value, least in (("--limit", args.limit, 1), ("--batch-size", args.batch_size, 1),
-                               ("--samples", args.samples, 0)):
+                               ("--samples", args.samples, 0), ("--label-size", args.label_size, 1)):
         if value is not None and value < least:
             raise ValueError(f"{flag} must be at least {least}, got {value}")
     options = parse_storage_options(args.storage_options)
     dataset = open_dataset(args.dataset, args.root, args.split, args.image_list, options)
     progress = not args.no_progress
+    if args.label_size and args.crop != "center" and not args.predictions:
+        raise ValueError("--label-size scores square masks: it needs --crop center")
     if args.predictions:
         if args.sweep or args.method != "diffseg":
             raise ValueError("--predictions scores masks that exist; --sweep and --method need a model")
         return score_predictions(Location(args.predictions, options), dataset, args.limit, args.samples,
-                                 args.protocol, progress)
+                                 args.protocol, progress, args.label_size)
     method = "kmeans-c" if args.method == "kmeans-s" else args.method
     tau = dataset.kl_threshold if args.kl_threshold is None else args.kl_threshold
     config = config_from_args(args, method=method, kl_threshold=tau)
@@ -92,7 +102,7 @@ def run(args: argparse.Namespace) -> Report:
     segmenter = DiffSeg.from_pretrained(args.model, config=config, device=args.device,
                                         dtype=DTYPES[args.dtype] if args.dtype else None, revision=args.revision)
     return score_model(segmenter, dataset, scored, args.batch_size, args.limit, args.samples, args.protocol,
-                       progress)
+                       progress, args.label_size)
 
 
 def table(report: Report) -> str:

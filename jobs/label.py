@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 # Only light modules before the arguments are checked: --help and flag errors answer at once, without torch.
 from diffseg.arguments import OneLineParser, add_algorithm_arguments, config_from_args  # noqa: E402
-from diffseg.defaults import DEFAULT_MODEL, MAX_PIXELS, PRECISIONS  # noqa: E402
+from diffseg.defaults import DEFAULT_MODEL, MAX_PIXELS, MODEL_HELP, PRECISIONS  # noqa: E402
 from pipeline.labeling.capacity import GIB  # noqa: E402
 from pipeline.labeling.job import LabelJob  # noqa: E402
 from pipeline.labeling.sources import FORMATS, ParquetColumns  # noqa: E402
@@ -33,8 +33,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True,
                    help="fsspec URL: folder of images (recursive), of WebDataset .tar shards, or of Parquet files")
     p.add_argument("--output", required=True, help="fsspec URL of the output folder of mask Parquet files")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"Hub id, local diffusers folder, or 'tiny' "
-                                                           f"(default {DEFAULT_MODEL})")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=MODEL_HELP)
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of --model")
     p.add_argument("--input-format", choices=FORMATS, default="auto",
                    help="default: detected from the files found")

@@ -15,8 +15,10 @@ import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+from diffusers import EulerDiscreteScheduler  # noqa: E402
 
 from diffseg import DiffSeg, builtin  # noqa: E402
+from diffseg.model import LoadedModel, load_model  # noqa: E402
 from tests.cluster import start_moto, start_ray_head, stop  # noqa: E402
 
 
@@ -35,6 +37,25 @@ def tiny_folder(tmp_path_factory) -> Path:
     parts.vae.save_pretrained(folder / "vae")
     parts.text_encoder.save_pretrained(folder / "text_encoder")
     parts.tokenizer.save_pretrained(folder / "tokenizer")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_xl() -> LoadedModel:
+    """The built-in tiny SDXL-layout model, loaded in memory (fp32, CPU)."""
+    return load_model("tiny-xl")
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_folder(tmp_path_factory) -> Path:
+    """The tiny SDXL-layout model written by `save_pretrained` in the standard diffusers layout, with the
+    scheduler config an SDXL repository ships (Euler, SD's betas)."""
+    folder = tmp_path_factory.mktemp("tiny-sdxl")
+    parts = builtin.build("tiny-xl")
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
+        getattr(parts, name).save_pretrained(folder / name)
+    EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                           steps_offset=1).save_pretrained(folder / "scheduler")
     return folder
 
 

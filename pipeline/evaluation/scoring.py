@@ -2,8 +2,8 @@
 
 Two sources of segmentations:
 
-- `score_model`: a model run here, image by image: DiffSeg, or a K-Means baseline on the same attention.
-  Several variants (a sweep of merge thresholds, say) share one UNet forward per image.
+- `score_model`: a model run here, image by image: DiffSeg, a K-Means baseline on the same attention, or DiffCut.
+  Several variants (a sweep of merge or cut thresholds, say) share one UNet forward per image.
 - `score_predictions`: the mask Parquet output of a labeling job, joined to the dataset on the image file
   name; the ground truth gets the geometry the job gave its images (whole image, or the paper's center crop).
 
@@ -27,11 +27,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
-import torch
 from PIL import Image
 from tqdm import tqdm
 
-from diffseg import DiffSeg, DiffSegConfig, ImageError, segment_from_attention, stream
+from diffseg import DiffSeg, DiffSegConfig, ImageError, stream
 from diffseg.metrics import Evaluation, ImageScore
 from diffseg.preprocess import PreparedImage, prepare, prepare_label
 from diffseg.visualize import to_image
@@ -42,8 +41,10 @@ from ..labeling.storage import Location
 from ..viewing.pages import display_size, resize_nearest, spread
 from .datasets import Example, LabeledDataset, join_key
 
-SCORED_METHODS = ("diffseg", "kmeans-c", "kmeans-s")
+SCORED_METHODS = ("diffseg", "kmeans-c", "kmeans-s", "diffcut")
 """Methods a model can be scored with: K-Means-S takes K = the classes present in each image's ground truth."""
+_THRESHOLDS = {"diffseg": "kl_threshold", "diffcut": "ncut_threshold"}
+"""The threshold a sweep moves, per method that has one."""
 
 
 @dataclass(frozen=True)
@@ -64,22 +65,26 @@ class Variant:
 
 
 def variants(method: str, config: DiffSegConfig, sweep: Sequence[float] | None = None) -> list[Variant]:
-    """The variants to score: one for `method`, or one per merge threshold of `sweep` (diffseg only).
+    """The variants to score: one for `method`, or one per threshold of `sweep` (the merge threshold of diffseg,
+    the cut threshold of diffcut).
 
-    Raises `ValueError` for an unknown method, or a sweep with another method.
+    Raises `ValueError` for an unknown method, or a sweep with a method that has no threshold.
     """
     if method not in SCORED_METHODS:
         raise ValueError(f"method must be one of {', '.join(SCORED_METHODS)}, got {method!r}")
-    config = dataclasses.replace(config, method="diffseg" if method == "diffseg" else "kmeans-c")
+    config = dataclasses.replace(config, method="kmeans-c" if method == "kmeans-s" else method)
+    pamr = " pamr" if config.pamr else ""
     if sweep:
-        if method != "diffseg":
-            raise ValueError("a KL-threshold sweep applies to the diffseg method only")
-        return [Variant(f"diffseg tau={tau:g}", method, dataclasses.replace(config, kl_threshold=tau))
-                for tau in sweep]
+        if method not in _THRESHOLDS:
+            raise ValueError("a threshold sweep applies to the diffseg and diffcut methods only")
+        return [Variant(f"{method} tau={tau:g}{pamr}", method,
+                        dataclasses.replace(config, **{_THRESHOLDS[method]: tau})) for tau in sweep]
     if method == "kmeans-s":
         return [Variant("kmeans-s", method, config)]
     if method == "kmeans-c":
         return [Variant(f"kmeans-c K={config.num_clusters}", method, config)]
+    if method == "diffcut":
+        return [Variant(f"diffcut tau={config.ncut_threshold:g}{pamr}", method, config)]
     taus = config.thresholds[:1] if len(set(config.thresholds)) == 1 else config.thresholds
     taus = ",".join(f"{tau:g}" for tau in taus)
     return [Variant(f"diffseg tau={taus}", method, config)]
@@ -198,18 +203,21 @@ class _Loaded:
 
 def score_model(segmenter: DiffSeg, dataset: LabeledDataset, scored: Sequence[Variant], batch_size: int = 1,
                 limit: int | None = None, samples: int = 12, protocol: str = "per-image",
-                progress: bool = True) -> Report:
+                progress: bool = True, label_size: int | None = None) -> Report:
     """Segment the first `limit` images of `dataset` (all by default) with `segmenter`'s model and score every
     variant of `scored` on them. Images are read and decoded in a background thread while the model works;
     each batch gets one UNet forward, shared by all variants.
 
     Args:
-        segmenter: the model and its preprocessing (`segmenter.config` sets crop and resolution; each
-            variant's config sets the rest).
+        segmenter: the model and its preprocessing (`segmenter.config` sets the method family, crop and
+            resolution; each variant's config sets the rest).
         samples: images kept for the report, spread evenly over the dataset.
         protocol: "per-image" (the paper's) or "dataset" (see `diffseg.metrics`).
+        label_size: score at `label_size` x `label_size`: the masks are made at that size and the ground truth
+            resized to it by nearest neighbour (DiffCut's protocol: 128); None: at the masks' size.
     """
     started = time.perf_counter()
+    size = (label_size, label_size) if label_size else None
     examples = dataset.examples[:limit]
     report = Report(dataset.name, dataset.class_names, protocol, source=segmenter.info)
     scorer = _Scorer(report, [v.name for v in scored], dataset.num_classes, examples, samples)
@@ -219,7 +227,7 @@ def score_model(segmenter: DiffSeg, dataset: LabeledDataset, scored: Sequence[Va
             loaded = _Loaded(index, example)
             try:
                 loaded.image = segmenter.prepare(dataset.read_image(example), name=example.image_id)
-                loaded.label = prepare_label(dataset.read_label(example), loaded.image)
+                loaded.label = prepare_label(dataset.read_label(example), loaded.image, size)
             except ImageError as error:
                 yield loaded, error
             except (ValueError, OSError) as error:  # the dataset's files: unreadable, or a label that is not one
@@ -227,19 +235,20 @@ def score_model(segmenter: DiffSeg, dataset: LabeledDataset, scored: Sequence[Va
             else:
                 yield loaded, loaded.image
 
-    def forward(images: list[PreparedImage]) -> list[tuple[list[torch.Tensor], float]]:
-        """Each image's attention maps, and its share of the forward's seconds."""
+    def forward(images: list[PreparedImage]) -> list[tuple[Any, float]]:
+        """Each image's forward output (attention maps or features), and its share of the forward's seconds."""
         begun = time.perf_counter()
-        attention = segmenter.attention_batch(images, batch_size)
+        evidence = segmenter.forward_batch(images, batch_size)
         share = (time.perf_counter() - begun) / len(images)
-        return [(maps, share) for maps in attention]
+        return [(output, share) for output in evidence]
 
-    def run(item: _Loaded, maps: list[torch.Tensor], forward_seconds: float) -> None:
+    def run(item: _Loaded, evidence: Any, forward_seconds: float) -> None:
         classes = int(np.unique(item.label[item.label >= 0]).size)
         scorer.start(item.index, item.example, lambda: to_image(item.image.pixels), item.label)
         for variant in scored:
             begun = time.perf_counter()
-            labels = segment_from_attention(maps, variant.config_for(classes), item.image.mask_size).cpu()
+            labels, = segmenter.label_batch([item.image], [evidence], variant.config_for(classes),
+                                            [size or item.image.mask_size])
             scorer.seconds[variant.name] += time.perf_counter() - begun + forward_seconds
             scorer.score(item.example, variant.name, labels.numpy(), item.label)
 
@@ -258,20 +267,24 @@ def score_model(segmenter: DiffSeg, dataset: LabeledDataset, scored: Sequence[Va
 
 
 def score_predictions(output: Location, dataset: LabeledDataset, limit: int | None = None, samples: int = 12,
-                      protocol: str = "per-image", progress: bool = True) -> Report:
+                      protocol: str = "per-image", progress: bool = True, label_size: int | None = None) -> Report:
     """Score the masks of a labeling job's output against the first `limit` images of `dataset`.
 
     Masks are joined on the image file name without extension (`datasets.join_key`). The job's manifest
     gives the geometry its masks have (whole image or center crop, and the processing resolution), which the
     ground truth is given too. Images without a mask, or whose mask is an error row, count as failed.
+    `label_size` scores at that size x size, both resized by nearest neighbour (see `score_model`).
 
     Raises:
         StorageError: `output` is not a labeling job's output, or its masks cannot be read.
     """
     started = time.perf_counter()
+    size = (label_size, label_size) if label_size else None
     predictions = OutputDataset(output)
     manifest = predictions.manifest()
     config = manifest_config(manifest)
+    if label_size and config.crop != "center":
+        raise ValueError("a label size scores square masks: these predictions are of whole images")
     examples = dataset.examples[:limit]
     masks = _masks(predictions, [example.key for example in examples])
     name = f"{config.method} (predictions)"
@@ -289,11 +302,14 @@ def score_predictions(output: Location, dataset: LabeledDataset, limit: int | No
                 if row["status"] != "ok":
                     raise ValueError(f"the labeling job could not label it: {row['error']}")
                 loaded.image = prepare(dataset.read_image(example), config, name=example.image_id)
-                loaded.label = prepare_label(dataset.read_label(example), loaded.image)
+                loaded.label = prepare_label(dataset.read_label(example), loaded.image, size)
                 loaded.prediction = decode_mask(row["mask"])
-                if loaded.prediction.shape != loaded.label.shape:
+                if loaded.prediction.shape != loaded.image.mask_size:
+                    height, width = loaded.image.mask_size
                     raise ValueError(f"mask is {loaded.prediction.shape[1]}x{loaded.prediction.shape[0]} pixels, "
-                                     f"the ground truth {loaded.label.shape[1]}x{loaded.label.shape[0]}")
+                                     f"the ground truth {width}x{height}")
+                if size:
+                    loaded.prediction = resize_nearest(loaded.prediction, size[::-1])
             except ImageError as error:
                 loaded.error = error.reason
             except (ValueError, OSError) as error:

@@ -13,9 +13,11 @@ from typing import Any
 
 GIB = 2**30
 ACTOR_MEMORY = {"tiny": 1 * GIB, "cpu": 6 * GIB, "gpu": 4 * GIB}
-"""Host memory (bytes) an actor reserves when `--memory-per-actor` is not given: the built-in tiny model
-needs little; a full-size SD 1.x replica on CPU peaked at 4.35 GiB RSS (fp32, 512 px, benchmarks/README.md),
-and a GPU replica keeps its weights on the device but loads them through host memory first."""
+"""Host memory (bytes) an actor reserves when `--memory-per-actor` is not given: the built-in tiny models
+(`TINY_MODELS`) need little; a full-size SD 1.x replica on CPU peaked at 4.35 GiB RSS (fp32, 512 px,
+benchmarks/README.md), and a GPU replica keeps its weights on the device but loads them through host memory
+first. SDXL-family models need more (see the README's "Sizing"): their users pass `--memory-per-actor`."""
+TINY_MODELS = ("tiny", "tiny-xl")
 
 GPU_ACTOR_CPUS = 2.0
 """CPUs of a GPU actor on a cluster that has no GPU node to take the shape from (the job is then refused or waits
@@ -91,7 +93,7 @@ def actor_shape(nodes: list[Node], model: str, gpus_per_actor: float | None = No
     else:
         cpus = max(1.0, min((n.cpus for n in nodes if n.cpus), default=1.0))
     if memory_per_actor is None:
-        memory_per_actor = ACTOR_MEMORY["tiny" if model == "tiny" else "gpu" if gpus else "cpu"]
+        memory_per_actor = ACTOR_MEMORY["tiny" if model in TINY_MODELS else "gpu" if gpus else "cpu"]
     return ActorShape(cpus, gpus, memory_per_actor)
 
 

@@ -111,7 +111,7 @@ class Labeler:
             return ImageError(image_id, str(error))
 
     def _segment(self, images: list[PreparedImage]) -> list[Any]:
-        return self.segmenter.label_batch_scored(images, self.segmenter.attention_batch(images, self.batch_size))
+        return self.segmenter.label_batch_scored(images, self.segmenter.forward_batch(images, self.batch_size))
 
 
 def _as_photo(array: Any) -> Image.Image:

@@ -103,7 +103,7 @@ class LabelWorker:
             if self._segmenter is None:
                 self._segmenter = self._model_thread.submit(self._build).result()
                 segmenter = self._segmenter
-                self._overlapped = Overlapped(segmenter.attention_batch, segmenter.label_batch_scored, segmenter.device,
+                self._overlapped = Overlapped(segmenter.forward_batch, segmenter.label_batch_scored, segmenter.device,
                                               self._model_thread)
             return self._segmenter
 
@@ -114,7 +114,7 @@ class LabelWorker:
 
     def build_segmenter(self) -> DiffSeg:
         """The model replica of `settings`, built on the model thread. The seam for another model: a subclass
-        may return any object with `DiffSeg`'s `info`, `device`, `prepare`, `attention_batch` and
+        may return any object with `DiffSeg`'s `info`, `device`, `prepare`, `forward_batch` and
         `label_batch_scored`, and optionally `default_batch_size` (the driver and actor benchmarks run stand-ins
         through the job's whole path)."""
         settings = self.settings

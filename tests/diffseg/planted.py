@@ -1,4 +1,4 @@
-"""Scoring a predicted partition against a planted one."""
+"""Planted segmentations (features with known segments) and scoring a predicted partition against one."""
 
 from __future__ import annotations
 
@@ -19,3 +19,20 @@ def matched_miou(prediction: torch.Tensor, truth: torch.Tensor) -> float:
     for r, c in zip(rows, cols):
         ious[r] = confusion[r, c] / (confusion[r].sum() + confusion[:, c].sum() - confusion[r, c])
     return float(ious.mean())
+
+
+def planted_features(regions: torch.Tensor, channels: int = 64, noise: float = 0.05, seed: int = 0) -> torch.Tensor:
+    """fp32 `(h, w, channels)` features in which every region of the int64 map `regions` `(h, w)` has its own
+    random direction, plus Gaussian noise of `noise` per channel relative to a unit direction."""
+    generator = torch.Generator().manual_seed(seed)
+    count = int(regions.max()) + 1
+    directions = torch.nn.functional.normalize(torch.randn(count, channels, generator=generator), dim=1)
+    return directions[regions] + noise * torch.randn(*regions.shape, channels, generator=generator) / channels**0.5
+
+
+def quadrants(height: int, width: int, split: tuple[int, int] | None = None) -> torch.Tensor:
+    """int64 `(height, width)`: four rectangular regions 0..3, cut at `split` `(row, column)` (default the middle)."""
+    row, column = split or (height // 2, width // 2)
+    rows = (torch.arange(height) >= row).long()[:, None]
+    columns = (torch.arange(width) >= column).long()[None, :]
+    return rows * 2 + columns

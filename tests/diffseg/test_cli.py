@@ -59,9 +59,20 @@ def test_all_good_files_exit_zero_with_settings(tmp_path):
     assert Image.open(tmp_path / "out" / "a.mask.png").size == (128, 128)
 
 
+def test_diffcut_on_an_sdxl_layout_model_from_the_command_line(tmp_path):
+    photo(200, 150).save(tmp_path / "a.png")
+    result = run("segment", str(tmp_path / "a.png"), "--out", str(tmp_path / "out"), "--model", "tiny-xl",
+                 "--method", "diffcut", "--resolution", "256", "--ncut-threshold", "1.0", "--pamr", *CPU)
+    assert result.returncode == 0, result.stderr
+    mask = np.asarray(Image.open(tmp_path / "out" / "a.mask.png"))
+    assert mask.shape == (150, 200) and mask.max() >= 1
+
+
 @pytest.mark.parametrize("args, message", [
     (["--kl-threshold", "high"], "not a number"),
     (["--resolution", "500"], "multiple of 64"),
+    (["--method", "diffcut", "--ncut-threshold", "3"], "ncut_threshold must be in (0, 2]"),
+    (["--pamr"], "pamr applies to the diffcut method only"),
     (["--model", "acme/not-cached"], "cannot load model 'acme/not-cached'"),
 ])
 def test_bad_settings_are_one_line_and_exit_two(tmp_path, args, message):

@@ -27,3 +27,36 @@ def test_hash_identifies_settings_that_change_masks():
 def test_invalid_settings_are_refused(bad):
     with pytest.raises(ValueError):
         DiffSegConfig(**bad)
+
+
+def test_diffcut_defaults_are_its_papers_setting():
+    config = DiffSegConfig(method="diffcut")
+    assert (config.timestep, config.resolution, config.ncut_threshold, config.alpha, config.pamr) == \
+        (50, 1024, 0.5, 10.0, False)
+    assert config == DiffSegConfig(method="diffcut", timestep=50, resolution=1024)
+
+
+def test_a_config_describes_only_the_settings_its_method_uses():
+    diffcut = DiffSegConfig(method="diffcut").to_dict()
+    assert {"ncut_threshold", "alpha", "pamr"} <= set(diffcut) and "kl_threshold" not in diffcut
+    assert "ncut_threshold" not in DiffSegConfig().to_dict()
+    # Settings of the other method cannot change the masks, so they do not change the hash either.
+    assert DiffSegConfig(method="diffcut").config_hash() == \
+        DiffSegConfig(method="diffcut", kl_threshold=0.9).config_hash()
+    assert DiffSegConfig().config_hash() == DiffSegConfig(alpha=4).config_hash()
+    assert DiffSegConfig(method="diffcut").config_hash() != \
+        DiffSegConfig(method="diffcut", ncut_threshold=0.4).config_hash()
+
+
+def test_diffseg_hashes_are_those_from_before_diffcut():
+    """Outputs written before DiffCut existed keep resuming: the default config's hash is pinned."""
+    assert DiffSegConfig().config_hash() == "b8b0096078357364"
+
+
+@pytest.mark.parametrize("bad", [
+    dict(ncut_threshold=0), dict(ncut_threshold=2.5), dict(alpha=0), dict(pamr=True, method="diffseg"),
+    dict(method="diffcut", refine=True), dict(method="ncut"),
+])
+def test_invalid_diffcut_settings_are_refused(bad):
+    with pytest.raises(ValueError):
+        DiffSegConfig(**bad)

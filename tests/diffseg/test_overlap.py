@@ -18,13 +18,13 @@ class Counting(DiffSeg):
         super().__init__(model)
         self.lock, self.unfinished, self.most = threading.Lock(), 0, 0
 
-    def attention_batch(self, images, batch_size):
+    def forward_batch(self, images, batch_size):
         with self.lock:
             self.unfinished += 1
             self.most = max(self.most, self.unfinished)
         if any(image.name == "bad" for image in images):
             raise RuntimeError("device error")
-        return super().attention_batch(images, batch_size)
+        return super().forward_batch(images, batch_size)
 
     def label_batch(self, images, maps):
         try:
@@ -44,7 +44,7 @@ def test_submitted_batches_give_the_label_maps_of_segment_batch_with_few_in_flig
     batches = [prepared[i:i + 2] for i in range(0, len(prepared), 2)]
     expected = [tiny.segment_batch(batch, 2) for batch in batches]  # first: replicas of one model share its capture
     segmenter = Counting(tiny.model)
-    overlapped = Overlapped(segmenter.attention_batch, segmenter.label_batch, segmenter.device, ThreadPoolExecutor(1),
+    overlapped = Overlapped(segmenter.forward_batch, segmenter.label_batch, segmenter.device, ThreadPoolExecutor(1),
                             post_thread=post_thread)
     futures = [overlapped.submit(batch, 2) for batch in batches]
     for labels, wanted in zip(futures, expected, strict=True):
@@ -56,7 +56,7 @@ def test_submitted_batches_give_the_label_maps_of_segment_batch_with_few_in_flig
 
 def test_a_failing_batch_fails_each_of_its_images_and_not_the_next_batch(tiny, prepared):
     segmenter = Counting(tiny.model)
-    overlapped = Overlapped(segmenter.attention_batch, segmenter.label_batch, segmenter.device, ThreadPoolExecutor(1),
+    overlapped = Overlapped(segmenter.forward_batch, segmenter.label_batch, segmenter.device, ThreadPoolExecutor(1),
                             post_thread=True)
     bad = tiny.prepare(photo(96, 64, seed=0), name="bad")
     failed = overlapped.submit([prepared[0], bad], 2)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from pycocotools.coco import COCO
 
 from synthetic.datasets import coco_stuff
 
@@ -30,7 +31,7 @@ def summary_of(result: subprocess.CompletedProcess) -> dict:
 @pytest.mark.parametrize("args, message", [
     (["--dataset", "ade20k"], "error: argument --dataset: invalid choice: 'ade20k'"),
     (["--limit", "0"], "error: --limit must be at least 1, got 0"),
-    (["--method", "kmeans-c", "--sweep", "0.9,1.1"], "error: a KL-threshold sweep applies to the diffseg method only"),
+    (["--method", "kmeans-c", "--sweep", "0.9,1.1"], "error: a threshold sweep applies to the diffseg and diffcut"),
     (["--predictions", "masks/", "--method", "kmeans-s"], "error: --predictions scores masks that exist"),
     (["--root", "/nowhere"], "error: no images under file:///nowhere/images/val2017"),
     (["--protocol", "global"], "error: argument --protocol: invalid choice: 'global'"),
@@ -98,3 +99,40 @@ def test_a_labeling_jobs_output_scores_as_the_model_does(tmp_path, ray_cluster):
     from_model = summary_of(direct)["results"]["diffseg tau=1.1"]
     assert from_job["images"] == from_model["images"] == 3
     assert (from_job["accuracy"], from_job["miou"]) == (from_model["accuracy"], from_model["miou"])
+
+
+@pytest.mark.integration
+def test_diffcut_on_an_sdxl_model_labels_scores_and_exports_end_to_end(tmp_path, ray_cluster):
+    coco_stuff(tmp_path / "coco", sizes=((96, 64), (64, 80), (72, 72)))
+    diffcut = ["--method", "diffcut", "--model", "tiny-xl", "--resolution", "256", "--ncut-threshold", "1.0",
+               "--crop", "center", "--no-progress"]
+    labeled = run(LABEL, "--input", str(tmp_path / "coco" / "images" / "val2017"), "--output", str(tmp_path / "masks"),
+                  "--num-actors", "1", "--cpus-per-actor", "1", "--gpus-per-actor", "0", *diffcut)
+    assert labeled.returncode == 0, labeled.stderr
+    dataset = ["--dataset", "coco-stuff-27", "--root", str(tmp_path / "coco"), "--no-progress"]
+    scored = run(EVALUATE, *dataset, "--predictions", str(tmp_path / "masks"), "--scores", str(tmp_path / "p.csv"))
+    assert scored.returncode == 0, scored.stderr
+    # As in the DiffSeg test above: one torch thread on both sides, the same kernels, the same masks.
+    direct = run(EVALUATE, *dataset, *diffcut, *CPU, "--scores", str(tmp_path / "d.parquet"),
+                 env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert direct.returncode == 0, direct.stderr
+    from_job = summary_of(scored)["results"]["diffcut (predictions)"]
+    from_model = summary_of(direct)["results"]["diffcut tau=1"]
+    assert from_job["images"] == from_model["images"] == 3
+    assert (from_job["accuracy"], from_job["miou"]) == (from_model["accuracy"], from_model["miou"])
+    assert all(0 < row["pixels"] <= 256 * 256 for row in pq.read_table(tmp_path / "d.parquet").to_pylist())
+
+    # DiffCut's paper scores at 128 x 128: masks made at that size, ground truth resized to it.
+    small = run(EVALUATE, *dataset, *diffcut, *CPU, "--label-size", "128", "--pamr", "--sweep", "0.5,1.0",
+                "--scores", str(tmp_path / "s.parquet"))
+    assert small.returncode == 0, small.stderr
+    rows = pq.read_table(tmp_path / "s.parquet").to_pylist()
+    assert {row["variant"] for row in rows} == {"diffcut tau=0.5 pamr", "diffcut tau=1 pamr"}
+    assert len(rows) == 6 and all(0 < row["pixels"] <= 128 * 128 for row in rows)
+
+    exported = subprocess.run([sys.executable, str(ROOT / "jobs" / "export.py"), str(tmp_path / "masks"), "--out",
+                               str(tmp_path / "coco-out"), "--format", "coco", "--no-progress"],
+                              capture_output=True, text=True, timeout=300)
+    assert exported.returncode == 0, exported.stderr
+    annotations = COCO(str(tmp_path / "coco-out" / "annotations.json"))
+    assert len(annotations.getImgIds()) == 3 and len(annotations.getAnnIds()) >= 3

@@ -78,7 +78,7 @@ def as_labeled(data: bytes, crop: bool = False) -> Image.Image:
     image = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
     if not crop:
         return image
-    left, top, side = center_square(*image.size)
+    left, top, side = center_square(*image.size, DiffSegConfig())
     return image.crop((left, top, left + side, top + side)).resize((RESOLUTION, RESOLUTION),
                                                                    Image.Resampling.BILINEAR)
 

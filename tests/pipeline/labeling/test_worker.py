@@ -54,7 +54,7 @@ def test_a_shard_becomes_one_file_with_a_row_per_image(worker_dirs, tiny):
     good = [row["image_id"] for row in table if row["status"] == "ok"]
     prepared = [(key, in_process.prepare(folder / key, name=key)) for key in good]
     expected = {outcome.key: outcome.output for outcome in stream(
-        prepared, lambda images: in_process.label_batch_scored(images, in_process.attention_batch(images, 2)), 2)}
+        prepared, lambda images: in_process.label_batch_scored(images, in_process.forward_batch(images, 2)), 2)}
     for row in table:
         if row["image_id"].startswith("bad-"):
             assert row["status"] == "error" and row["mask"] is None
@@ -99,7 +99,7 @@ class Quantizer:
     def prepare(self, data: bytes, name: str | None = None) -> PreparedImage:
         return prepare(data, self.config, name=name, max_pixels=BOMB_LIMIT)
 
-    def attention_batch(self, images: list[PreparedImage], batch_size: int) -> list[torch.Tensor]:
+    def forward_batch(self, images: list[PreparedImage], batch_size: int) -> list[torch.Tensor]:
         levels = [((image.pixels.mean(0).numpy() + 1) * 3).clip(0, 5).astype(np.uint8) for image in images]
         return [torch.from_numpy(np.array(Image.fromarray(level).resize(image.mask_size[::-1], Image.NEAREST)))
                 for level, image in zip(levels, images)]
@@ -151,7 +151,7 @@ def test_the_pools_keep_the_shards_order_and_its_error_rows_and_give_the_rows_of
             continue
         assert row["status"] == "ok"
         with Image.open(tmp_path / "in" / row["image_id"]) as original:
-            expected = Quantizer(FAST).attention_batch([prepare(original, FAST)], 1)[0].numpy()
+            expected = Quantizer(FAST).forward_batch([prepare(original, FAST)], 1)[0].numpy()
         assert np.array_equal(decode_mask(row["mask"]), expected)
 
 
