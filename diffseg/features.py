@@ -9,17 +9,16 @@ so the features are the same (up to that rounding) whether or not a capture is i
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
 
 
 class _Reached(Exception):
-    """Raised by the hook on the feature layer to end the forward there, carrying the layer's output."""
-
-    def __init__(self, output: torch.Tensor) -> None:
-        super().__init__("the feature layer was reached")
-        self.output = output
+    """Raised by the hook on the feature layer to end the forward there."""
 
 
 def feature_layer(unet: UNet2DConditionModel) -> Attention:
@@ -57,29 +56,42 @@ def layer_features(unet: UNet2DConditionModel, latents: torch.Tensor, timestep: 
     a truncated forward is a stateful attention processor: a `SelfAttentionCapture` on the same UNet holds the
     layers before this one, so reset it before its next forward (DiffSeg's segmenter always does).
     """
+    with recorded_features(unet, stop=True) as recorded:
+        try:
+            unet(latents, timestep, **unet_inputs)
+        except _Reached:
+            pass
+    if not recorded:
+        raise RuntimeError("the UNet forward ended without running its feature layer")
+    return recorded[0]
+
+
+@contextmanager
+def recorded_features(unet: UNet2DConditionModel, stop: bool = False) -> Iterator[list[torch.Tensor]]:
+    """While open, each forward of `unet` appends the output of `feature_layer(unet)` to the list it gives, as
+    `(B, h, w, C)` (see `layer_features`); with `stop`, the forward then ends there by raising `_Reached`.
+    Without `stop`, the forward runs whole (DiffSeg's descriptors read the layer during its own forward)."""
     transformer = _feature_transformer(unet)
-    grid: list[tuple[int, int]] = []
+    grids: list[tuple[int, int]] = []
+    recorded: list[torch.Tensor] = []
 
     def remember_grid(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         hidden = args[0] if args else kwargs["hidden_states"]  # (B, C, h, w)
-        grid.append(tuple(hidden.shape[-2:]))
+        grids.append(tuple(hidden.shape[-2:]))
 
-    def stop(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
-        raise _Reached(output)
+    def record(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        (height, width) = grids[-1]  # (B, h * w, C), tokens in row-major order
+        recorded.append(output.reshape(output.shape[0], height, width, output.shape[-1]))
+        if stop:
+            raise _Reached()
 
     handles = [transformer.register_forward_pre_hook(remember_grid, with_kwargs=True),
-               feature_layer(unet).register_forward_hook(stop)]
+               feature_layer(unet).register_forward_hook(record)]
     try:
-        unet(latents, timestep, **unet_inputs)
-    except _Reached as reached:
-        output = reached.output  # (B, h * w, C), tokens in row-major order
-    else:
-        raise RuntimeError("the UNet forward ended without running its feature layer")
+        yield recorded
     finally:
         for handle in handles:
             handle.remove()
-    ((height, width),) = grid
-    return output.reshape(output.shape[0], height, width, output.shape[-1])
 
 
 def _feature_transformer(unet: UNet2DConditionModel) -> torch.nn.Module:

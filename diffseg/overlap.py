@@ -86,12 +86,14 @@ class Overlapped:
             return self._post(images, evidence)
 
 
-def _tensors(evidence: Any) -> list[torch.Tensor]:
-    """The tensors of a forward's output: per image a tensor (DiffCut's features) or a list of them (DiffSeg's
-    attention maps)."""
-    if isinstance(evidence, torch.Tensor):
-        return [evidence]
-    return [tensor for part in evidence for tensor in _tensors(part)]
+def _tensors(output: Any) -> list[torch.Tensor]:
+    """The tensors of a forward's output, however nested in lists and tuples (per image, `DiffSeg.forward_batch`
+    gives a `Forward` of DiffSeg's attention maps or DiffCut's features, and optionally the features)."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if output is None:
+        return []
+    return [tensor for part in output for tensor in _tensors(part)]
 
 
 def _per_image(batch: Future, count: int) -> list[Future]:

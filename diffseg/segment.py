@@ -71,9 +71,12 @@ class Segmentation:
     """fp32 `(K,)`, K >= K' the proposal count: entry `l` is label l's score; entries past K'-1 are 0."""
     stability: torch.Tensor
     """fp32 `(K,)`, indexed by label as `score`."""
+    descriptors: torch.Tensor | None = None
+    """float16 `(K', C)`: row l is label l's descriptor (`diffseg.descriptors`); None unless asked for."""
 
     def cpu(self) -> Segmentation:
-        return Segmentation(self.labels.cpu(), self.score.cpu(), self.stability.cpu())
+        descriptors = None if self.descriptors is None else self.descriptors.cpu()
+        return Segmentation(self.labels.cpu(), self.score.cpu(), self.stability.cpu(), descriptors)
 
 
 def segment_images_scored(images: Sequence[Sequence[torch.Tensor]], config: DiffSegConfig | None,

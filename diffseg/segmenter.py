@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from .attention import SelfAttentionCapture
 from .config import DiffSegConfig
 from .defaults import DEFAULT_MODEL, MAX_PIXELS
+from .descriptors import segment_descriptors
 from .diffcut import segment_features, segment_features_scored
-from .features import layer_features
+from .features import layer_features, recorded_features
 from .model import LoadedModel, load_model
 from .preprocess import ImageInput, PreparedImage, prepare
 from .segment import Segmentation, segment_images, segment_images_scored
@@ -26,6 +28,18 @@ captured maps (68 MiB fp32), its share of the capture's chunks and its post-proc
 1024 px needs less: activations down to its layer only, and 32 x 32 tokens of 1280 features."""
 NOISE_SEED = 42
 """Seed of the one noise tensor DiffCut adds to every latent (a CPU `torch.Generator`, so the same on any device)."""
+
+
+class Forward(NamedTuple):
+    """One image's share of a forward (`DiffSeg.forward_batch`), on the model's device."""
+
+    evidence: Any
+    """What the method segments: DiffSeg, the per-resolution attention `(h, w, h, w)` (fp32, finest first), ready
+    for `segment_from_attention`; DiffCut, the features `(h, w, C)` (the model's dtype), ready for
+    `segment_from_features`."""
+    features: torch.Tensor | None
+    """With `descriptors`, the feature layer's output `(h, w, C)` the descriptors come from (for DiffCut, the
+    evidence itself); else None."""
 
 
 class DiffSeg:
@@ -52,23 +66,27 @@ class DiffSeg:
     """
 
     def __init__(self, model: LoadedModel, config: DiffSegConfig | None = None,
-                 max_pixels: int = MAX_PIXELS) -> None:
+                 max_pixels: int = MAX_PIXELS, descriptors: bool = False) -> None:
         """
         Args:
             model: loaded UNet, VAE and context (see `load_model`).
             config: algorithm settings; `DiffSegConfig()` (the paper's) when None.
             max_pixels: images with more pixels are refused before decoding (decompression-bomb guard).
+            descriptors: `label_batch_scored` also gives each segment's descriptor (`diffseg.descriptors`), from
+                the same forward.
         """
         self.model = model
         self.config = config or DiffSegConfig()
         self.max_pixels = max_pixels
+        self.descriptors = descriptors
         # DiffCut reads one layer's output through a hook and keeps the stock (fused) attention everywhere.
         self.capture = None if self.config.method == "diffcut" else SelfAttentionCapture.of(model.unet)
 
     @classmethod
     def from_pretrained(cls, model: str = DEFAULT_MODEL, config: DiffSegConfig | None = None,
                         device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-                        revision: str | None = None, max_pixels: int = MAX_PIXELS) -> DiffSeg:
+                        revision: str | None = None, max_pixels: int = MAX_PIXELS, descriptors: bool = False
+                        ) -> DiffSeg:
         """Load `model` (Hub id, local diffusers folder, or a built-in: `tiny`, `tiny-xl`, `sd15-random`,
         `ssd1b-random`) and build a segmenter.
 
@@ -77,7 +95,7 @@ class DiffSeg:
         """
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-        return cls(load_model(model, device=device, dtype=dtype, revision=revision), config, max_pixels)
+        return cls(load_model(model, device=device, dtype=dtype, revision=revision), config, max_pixels, descriptors)
 
     @property
     def device(self) -> torch.device:
@@ -124,7 +142,7 @@ class DiffSeg:
         `forward_batch`), post-processed together on the model's device (`label_batch`)."""
         return self.label_batch(images, self.forward_batch(images, batch_size))
 
-    def label_batch(self, images: Sequence[PreparedImage], evidence: Sequence[Any],
+    def label_batch(self, images: Sequence[PreparedImage], forwards: Sequence[Forward],
                     config: DiffSegConfig | None = None, sizes: Sequence[tuple[int, int]] | None = None
                     ) -> list[torch.Tensor]:
         """The label maps (as `segment`, on CPU) of `images` from their `forward_batch` output, post-processed
@@ -139,27 +157,30 @@ class DiffSeg:
         """
         config = config or self.config
         sizes = sizes or [image.mask_size for image in images]
+        evidence = [forward.evidence for forward in forwards]
         if config.method == "diffcut":
             labels = segment_features(evidence, config, sizes, [image.pixels for image in images])
         else:
             labels = segment_images(evidence, config, sizes)
         return [label.cpu() for label in labels]
 
-    def label_batch_scored(self, images: Sequence[PreparedImage], evidence: Sequence[Any]) -> list[Segmentation]:
-        """`label_batch` with each segment's `score` and `stability` (`diffseg.scores`), all on CPU: the same label
-        maps, for the cost of two more merges (DiffSeg) or cuts (DiffCut) and label maps per image."""
+    def label_batch_scored(self, images: Sequence[PreparedImage], forwards: Sequence[Forward]) -> list[Segmentation]:
+        """`label_batch` with each segment's `score` and `stability` (`diffseg.scores`), and with `descriptors` its
+        descriptor, all on CPU: the same label maps, for the cost of two more merges (DiffSeg) or cuts (DiffCut)
+        and label maps per image."""
         sizes = [image.mask_size for image in images]
+        evidence = [forward.evidence for forward in forwards]
         if self.config.method == "diffcut":
             scored = segment_features_scored(evidence, self.config, sizes, [image.pixels for image in images])
         else:
             scored = segment_images_scored(evidence, self.config, sizes)
+        if self.descriptors:
+            scored = [_described(result, forward.features) for result, forward in zip(scored, forwards)]
         return [result.cpu() for result in scored]
 
-    def forward_batch(self, images: Sequence[PreparedImage], batch_size: int) -> list[Any]:
+    def forward_batch(self, images: Sequence[PreparedImage], batch_size: int) -> list[Forward]:
         """Per image of 1 to `batch_size` images of one processing size, from one forward, what the method
-        segments (on the model's device): DiffSeg, its per-resolution attention `(h, w, h, w)` (fp32, finest
-        first), ready for `segment_from_attention` with any settings; DiffCut, its features `(h, w, C)` (the
-        model's dtype), ready for `segment_from_features`.
+        segments and, with `descriptors`, the features they come from (`Forward`).
 
         The batch is padded to `batch_size` with copies of its last image: every forward then has the same
         shape, so the vendor kernels chosen (and their rounding) are the same, and an image's attention does
@@ -170,10 +191,15 @@ class DiffSeg:
         padded = [*images, *[images[-1]] * (batch_size - len(images))]
         pixels = torch.stack([image.pixels for image in padded])
         if self.config.method == "diffcut":
-            features = self.features(pixels)
-            return list(features[:len(images)])
-        maps = self.attention(pixels)
-        return [[m[row] for m in maps] for row in range(len(images))]
+            return [Forward(f, f if self.descriptors else None) for f in self.features(pixels)[:len(images)]]
+        if self.descriptors:
+            with recorded_features(self.model.unet) as recorded:
+                maps = self.attention(pixels)
+            features = recorded[0]
+        else:
+            maps, features = self.attention(pixels), None
+        return [Forward([m[row] for m in maps], None if features is None else features[row])
+                for row in range(len(images))]
 
     @torch.inference_mode()
     def attention(self, pixels: torch.Tensor) -> list[torch.Tensor]:
@@ -204,3 +230,10 @@ class DiffSeg:
         vae = self.model.vae
         pixels = pixels.to(device=self.device, dtype=vae.dtype)
         return (vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor).to(self.dtype)
+
+
+def _described(result: Segmentation, features: torch.Tensor) -> Segmentation:
+    """`result` with its segments' float16 descriptors from the feature layer's output `(h, w, C)`."""
+    count = int(result.labels.max()) + 1
+    descriptors = segment_descriptors(result.labels, features.to(result.labels.device), count).half()
+    return dataclasses.replace(result, descriptors=descriptors)

@@ -57,6 +57,8 @@ def parser() -> argparse.ArgumentParser:
                    help="model precision (default: float16 on GPU, float32 on CPU)")
     add_algorithm_arguments(p)
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="larger images become error rows")
+    p.add_argument("--descriptors", action="store_true",
+                   help="also write each segment's descriptor (1280 float16 values), for jobs/cluster.py")
     p.add_argument("--max-retries", type=int, default=5, help="further attempts per failed shard (default 5)")
     p.add_argument("--retry-delay", type=float, default=5.0,
                    help="seconds before a failed shard's first retry, doubling for each further one up to 60 "
@@ -89,6 +91,7 @@ def job_from_args(args: argparse.Namespace) -> LabelJob:
                     num_actors=args.num_actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
                     memory_per_actor=None if args.memory_per_actor is None else args.memory_per_actor * GIB,
                     batch_size=args.batch_size, dtype=args.dtype, max_pixels=args.max_pixels,
+                    descriptors=args.descriptors,
                     max_retries=args.max_retries, retry_delay=args.retry_delay, startup_timeout=args.startup_timeout,
                     storage_options=parse_storage_options(args.storage_options))
 

@@ -193,7 +193,9 @@ def _identity(job: LabelJob, source: Location, shards: list[Shard]) -> dict[str,
     """What every file of an output must share; the model's identity is added once a replica reports it."""
     return {"config": job.config.to_dict(), "config_hash": job.config.config_hash(), "input": source.uri(""),
             "input_format": shards[0].format, "columns": asdict(job.columns),
-            "shard_size": job.shard_size if shards[0].format == "images" else None}
+            "shard_size": job.shard_size if shards[0].format == "images" else None,
+            # None rather than False when not asked: what a manifest from before descriptors existed reads as.
+            "descriptors": True if job.descriptors else None}
 
 
 def actors_for(job: LabelJob, shards: int) -> Actors:
@@ -214,7 +216,7 @@ def _start_actors(job: LabelJob, source: Location, output: Location, shards: int
     shape = pool.shape
     settings = WorkerSettings(model=job.model, config=job.config, revision=job.revision,
                               device="cuda" if shape.gpus else "cpu", dtype=job.dtype, batch_size=job.batch_size,
-                              max_pixels=job.max_pixels, threads=max(1, int(shape.cpus)))
+                              max_pixels=job.max_pixels, threads=max(1, int(shape.cpus)), descriptors=job.descriptors)
     remote = ray.remote(worker).options(num_cpus=shape.cpus, num_gpus=shape.gpus, memory=shape.memory or None,
                                         max_restarts=-1, max_task_retries=0, max_concurrency=IN_FLIGHT_PER_ACTOR)
     actors = [remote.remote(settings, Placement(source, output, job.columns)) for _ in range(pool.count)]

@@ -41,6 +41,8 @@ class LabelJob:
     """Images per UNet forward; None: the replica's `DiffSeg.default_batch_size` (8 on a GPU, 1 on CPU)."""
     dtype: str | None = None
     max_pixels: int = MAX_PIXELS
+    descriptors: bool = False
+    """Write each segment's descriptor (`diffseg.descriptors`) in the `descriptors` column, for `jobs/cluster.py`."""
     max_retries: int = 5
     """Further attempts for a shard whose attempt failed (actor died, storage error) before giving up."""
     retry_delay: float = 5.0

@@ -43,9 +43,12 @@ SCHEMA = pa.schema([
                                      ("stability", pa.float32()), ("score", pa.float32())]))),
     ("status", pa.string()),
     ("error", pa.string()),
+    ("descriptors", pa.binary()),
 ])
 """Columns of every mask file (the README's "Outputs" table). `width`/`height` are the mask's size: the image's
-original size, or the crop's size in center-crop mode. `bbox` is `[x, y, w, h]` in pixels."""
+original size, or the crop's size in center-crop mode. `bbox` is `[x, y, w, h]` in pixels. `descriptors` (with
+`--descriptors`, else null): the segments' descriptors as float16 little-endian, row-major `(num_segments, dim)`,
+row i for segment id i (`decode_descriptors`)."""
 
 METADATA_KEY = "diffseg"
 """Parquet footer key holding the JSON provenance of a mask file."""
@@ -73,16 +76,18 @@ class Row:
     segments: list[dict[str, Any]] | None = None
     status: str = "ok"
     error: str | None = None
+    descriptors: bytes | None = None
 
     @classmethod
     def failed(cls, image_id: str, source_uri: str, error: str) -> Row:
         return cls(image_id, source_uri, status="error", error=error)
 
 
-def encode_shard(rows: list[Row], provenance: dict[str, Any]) -> bytes:
-    """The Parquet file of `rows`, with `provenance` as JSON in the footer under `METADATA_KEY`."""
-    columns = {name: [getattr(row, name) for row in rows] for name in SCHEMA.names}
-    table = pa.Table.from_pydict(columns, schema=SCHEMA.with_metadata({METADATA_KEY: json.dumps(provenance)}))
+def encode_shard(rows: Sequence[Any], provenance: dict[str, Any], schema: pa.Schema = SCHEMA) -> bytes:
+    """The Parquet file of `rows` (each with an attribute per column of `schema`: `Row`s for `SCHEMA`), with
+    `provenance` as JSON in the footer under `METADATA_KEY`."""
+    columns = {name: [getattr(row, name) for row in rows] for name in schema.names}
+    table = pa.Table.from_pydict(columns, schema=schema.with_metadata({METADATA_KEY: json.dumps(provenance)}))
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     return buffer.getvalue()
@@ -96,6 +101,19 @@ def decode_mask(png: bytes) -> np.ndarray:
     """
     with Image.open(io.BytesIO(png)) as image:
         return np.asarray(image, dtype=np.int64)
+
+
+def encode_descriptors(descriptors: np.ndarray) -> bytes:
+    """A row's `descriptors` value from a `(num_segments, dim)` array (stored as float16 little-endian)."""
+    return np.ascontiguousarray(descriptors, dtype="<f2").tobytes()
+
+
+def decode_descriptors(blob: bytes, num_segments: int) -> np.ndarray:
+    """The float16 `(num_segments, dim)` descriptors of a row (`encode_descriptors`); row i is segment id i."""
+    values = np.frombuffer(blob, dtype="<f2")
+    if num_segments < 1 or values.size % num_segments:
+        raise ValueError(f"{values.size} descriptor values do not split into {num_segments} segments")
+    return values.reshape(num_segments, -1)
 
 
 def manifest_config(manifest: dict[str, Any]) -> DiffSegConfig:
@@ -115,6 +133,9 @@ class OutputDataset:
     back. Reads see the mask files that were there when this object first read rows."""
 
     location: Location
+    schema: pa.Schema = SCHEMA
+    """The files' columns: `SCHEMA` for masks; other datasets in this layout give theirs (the pseudo-classes of
+    `pipeline.clustering`), and read with `SCHEMA` they give its columns that they share."""
     _masks: ds.Dataset | None = field(default=None, init=False, repr=False, compare=False)
 
     def check(self, identity: dict[str, Any]) -> dict[str, Any] | None:
@@ -144,10 +165,11 @@ class OutputDataset:
         return {key.removesuffix(".json") for key in
                 (name[len(DONE) + 1:] for name in self.location.files(DONE)) if key.endswith(".json")}
 
-    def write(self, shard: str, rows: list[Row], provenance: dict[str, Any]) -> dict[str, Any]:
-        """Write the shard's mask file in one piece, then its marker, and return the marker. A retry after a
-        crash between the two rewrites the same file name, so a shard never appears twice."""
-        self.location.write(f"{shard}.parquet", encode_shard(rows, provenance))
+    def write(self, shard: str, rows: Sequence[Any], provenance: dict[str, Any]) -> dict[str, Any]:
+        """Write the shard's mask file (`rows` as `encode_shard` takes them) in one piece, then its marker, and
+        return the marker. A retry after a crash between the two rewrites the same file name, so a shard never
+        appears twice."""
+        self.location.write(f"{shard}.parquet", encode_shard(rows, provenance, self.schema))
         marker = {"shard": shard, "file": f"{shard}.parquet", "rows": len(rows),
                   "images_ok": sum(row.status == "ok" for row in rows),
                   "images_failed": sum(row.status != "ok" for row in rows),
@@ -192,7 +214,7 @@ class OutputDataset:
             raise self._unreadable(error) from None
 
     def rows(self, columns: Sequence[str], batch_size: int = 1024) -> Iterator[dict[str, Any]]:
-        """Every row as a dict of `columns` (`SCHEMA` names or `FILE`), in the output's order. Reads
+        """Every row as a dict of `columns` (`schema` names or `FILE`), in the output's order. Reads
         `batch_size` rows at a time, so memory stays bounded: keep it small when reading `mask`.
 
         Raises:
@@ -221,7 +243,8 @@ class OutputDataset:
             self.location.fs.invalidate_cache(self.location.root)  # jobs in other processes write here
             # With the current schema, not the first file's: files written before `stability`/`score` existed read
             # with those fields null, and newer files keep them whichever file pyarrow would have looked at first.
-            self._masks = ds.dataset(self.location.root, format="parquet", filesystem=self.location.fs, schema=SCHEMA)
+            self._masks = ds.dataset(self.location.root, format="parquet", filesystem=self.location.fs,
+                                     schema=self.schema)
         return self._masks
 
     def _relative(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ from diffseg.regions import regions
 from diffseg.segment import Segmentation
 from diffseg.visualize import label_png
 
-from .output import OutputDataset, Row
+from .output import OutputDataset, Row, encode_descriptors
 from .prefetch import pool_map, prefetch
 from .provenance import environment, now
 from .sources import ParquetColumns, Record, Shard, read
@@ -61,6 +61,8 @@ class WorkerSettings:
     threads: int | None = None
     """The actor's CPUs: torch's threads, and the threads of each of its two pools (decoding images, encoding
     masks). None leaves torch's default and gives each pool one thread per core of the machine."""
+    descriptors: bool = False
+    """Give each segment its descriptor (the rows' `descriptors` column)."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,8 @@ class LabelWorker:
         settings = self.settings
         return DiffSeg.from_pretrained(settings.model, config=settings.config, device=settings.device,
                                        dtype=DTYPES[settings.dtype] if settings.dtype else None,
-                                       revision=settings.revision, max_pixels=settings.max_pixels)
+                                       revision=settings.revision, max_pixels=settings.max_pixels,
+                                       descriptors=settings.descriptors)
 
     def process(self, shard: Shard, run_id: str) -> dict[str, Any]:
         """Segment every image of `shard` and write its mask file; returns its `_done/` marker (with the
@@ -179,5 +182,6 @@ def segmentation_row(image_id: str, source_uri: str, result: Segmentation) -> Ro
     found = regions(mask)
     segments = [{"id": r.id, "area": r.area, "bbox": list(r.bbox), "stability": float(stability[r.id]),
                  "score": float(score[r.id])} for r in found]
+    descriptors = None if result.descriptors is None else encode_descriptors(result.descriptors.numpy())
     return Row(image_id, source_uri, width=mask.shape[1], height=mask.shape[0], mask=label_png(mask),
-               num_segments=len(found), segments=segments)
+               num_segments=len(found), segments=segments, descriptors=descriptors)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.labeling.output import decode_descriptors
 from tests.cluster import free_port, start_ray_head, stop
 from tests.pipeline.labeling.data import good_images, read_output, tar_bytes, write_files
 
@@ -149,3 +150,18 @@ def test_more_actors_than_a_local_machine_hosts_are_refused_in_one_line(tmp_path
     assert re.fullmatch(r"error: --num-actors 2: the cluster can host 1 actor\(s\) of .* now \(node .*\); try "
                         r"--num-actors 1, .*\n", result.stderr), result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.integration
+def test_descriptors_are_written_when_asked_and_outputs_never_mix_with_and_without(tmp_path, ray_cluster):
+    write_files(tmp_path / "in", good_images(3))
+    args = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *FAST]
+    result = label(*args, "--descriptors")
+    assert result.returncode == 0, result.stderr
+    rows = read_output(str(tmp_path / "out"))
+    assert all(len(decode_descriptors(row["descriptors"], row["num_segments"])) == row["num_segments"]
+               for row in rows)
+    assert json.loads((tmp_path / "out" / "_diffseg.json").read_text())["descriptors"] is True
+    refused = label(*args)
+    assert refused.returncode == 2
+    assert "already holds masks made with a different descriptors" in refused.stderr

@@ -10,7 +10,7 @@ from diffseg import DiffSeg, DiffSegConfig, stream
 from diffseg.preprocess import PreparedImage, prepare
 from diffseg.regions import regions
 from diffseg.segment import Segmentation
-from pipeline.labeling.output import OutputDataset, decode_mask
+from pipeline.labeling.output import OutputDataset, decode_descriptors, decode_mask
 from pipeline.labeling.sources import inventory
 from pipeline.labeling.storage import Location
 from pipeline.labeling.worker import LabelWorker, Placement, WorkerSettings
@@ -162,3 +162,20 @@ def test_a_shard_that_cannot_be_read_raises_and_writes_nothing(tmp_path, torch_t
     with pytest.raises(tarfile.TarError):
         label_with(2, Location(str(tmp_path / "in")), output)
     assert output.files() == {}
+
+
+def test_with_descriptors_every_segment_has_its_row_of_float16_values(tmp_path, tiny):
+    write_files(tmp_path / "in", good_images(3))
+    source, output = Location(str(tmp_path / "in")), Location(str(tmp_path / "out"))
+    settings = WorkerSettings(model="tiny", config=FAST, batch_size=2, descriptors=True)
+    [shard] = inventory(source).shards
+    LabelWorker(settings, Placement(source, output)).process(shard, run_id="run-1")
+    in_process = DiffSeg(tiny.model, FAST, descriptors=True)
+    prepared = [(f.key, in_process.prepare(tmp_path / "in" / f.key, name=f.key)) for f in shard.files]
+    expected = {outcome.key: outcome.output for outcome in stream(
+        prepared, lambda images: in_process.label_batch_scored(images, in_process.forward_batch(images, 2)), 2)}
+    for row in read_output(str(tmp_path / "out")):
+        descriptors = decode_descriptors(row["descriptors"], row["num_segments"])
+        # The same batches as the worker's, hence the same forwards and exactly the same float16 values.
+        assert np.array_equal(descriptors, expected[row["image_id"]].descriptors.numpy())
+        assert descriptors.shape == (row["num_segments"], 64)  # the tiny model's feature layer width
