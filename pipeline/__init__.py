@@ -4,5 +4,7 @@
   provenance);
 - `evaluation`: labeled datasets, scoring a model or a job's masks, the HTML report;
 - `viewing`: the HTML preview of a job's output and the photo under a mask (shared with `jobs/export.py`);
-- `export`: a job's output in the formats training frameworks read (COCO, SA-1B, WebDataset) and as PNG files.
+- `export`: a job's output in the formats training frameworks read (COCO, SA-1B, WebDataset) and as PNG files;
+- `clustering`: dataset-wide pseudo-classes: a job's segment descriptors clustered by faiss k-means, and semantic
+  masks whose class ids mean the same in every image.
 """

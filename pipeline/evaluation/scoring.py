@@ -287,7 +287,9 @@ def score_predictions(output: Location, dataset: LabeledDataset, limit: int | No
         raise ValueError("a label size scores square masks: these predictions are of whole images")
     examples = dataset.examples[:limit]
     masks = _masks(predictions, [example.key for example in examples])
-    name = f"{config.method} (predictions)"
+    # A pseudo-class output (jobs/cluster.py) holds class ids, not the method's per-image segments.
+    classes = f" {manifest['classes']} classes" if manifest.get("kind") == "pseudo-classes" else ""
+    name = f"{config.method}{classes} (predictions)"
     source = {"predictions": output.uri(""), "model": manifest.get("model"), "config": manifest.get("config")}
     report = Report(dataset.name, dataset.class_names, protocol, source=source)
     scorer = _Scorer(report, [name], dataset.num_classes, examples, samples)

@@ -34,7 +34,7 @@ def test_a_shard_file_has_the_schema_rows_and_provenance():
     assert table.schema.remove_metadata() == SCHEMA
     assert table.to_pylist()[1] == {"image_id": "b.png", "source_uri": "file:///in/b.png", "width": None,
                                     "height": None, "mask": None, "num_segments": None, "segments": None,
-                                    "status": "error", "error": "cannot decode image"}
+                                    "status": "error", "error": "cannot decode image", "descriptors": None}
     footer = pq.read_metadata(io.BytesIO(data)).metadata
     assert json.loads(footer[METADATA_KEY.encode()]) == {"run_id": "r1", "config_hash": "abc"}
 
