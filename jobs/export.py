@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "use them with --format coco, sa1b, webdataset or hf")
     try:
         output = Location(args.output, parse_storage_options(args.storage_options))
-        chosen = settings(output, Path(args.out), filters, args.shard_size)
+        chosen = settings(output, Path(args.out), filters, args.shard_size, per_segment=args.format in ("coco", "sa1b"))
         tally, written = export(output, exporters[args.format](chosen), args.num_workers, not args.no_progress)
     except (ExportError, StorageError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

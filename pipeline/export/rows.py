@@ -26,7 +26,7 @@ from ..labeling.output import OutputDataset, manifest_columns, manifest_config
 from ..labeling.prefetch import pool_map
 from ..labeling.sources import ParquetColumns
 from ..labeling.storage import Location, StorageError
-from .annotations import Filters, Unusable, check_scores
+from .annotations import ExportError, Filters, Unusable, check_scores
 
 BATCH_ROWS = 16
 """Rows read at a time: masks are the large column."""
@@ -97,14 +97,20 @@ def renamed(count: int) -> str:
     return f"{count} id(s) written as NAME~N so as not to overwrite another id's files"
 
 
-def settings(output: Location, out: Path, filters: Filters, shard_size: int = 1000) -> Settings:
-    """The `Settings` to export the job output at `output` to `out`.
+def settings(output: Location, out: Path, filters: Filters, shard_size: int = 1000, per_segment: bool = False
+             ) -> Settings:
+    """The `Settings` to export the job output at `output` to `out`; `per_segment`: for a format made of the
+    segments' annotations (coco, sa1b).
 
     Raises:
         StorageError: `output` is not a job's output or cannot be read.
-        ExportError: `filters` need scores the output does not have.
+        ExportError: `filters` need scores the output does not have, or a per-segment format is asked of a
+            pseudo-class output (`jobs/cluster.py`), whose masks hold classes and which has no segments to annotate.
     """
     manifest = OutputDataset(output).manifest()
+    if per_segment and manifest.get("kind") == "pseudo-classes":
+        raise ExportError(f"{output.url} holds pseudo-class masks, not per-image segments to annotate one by one: "
+                          "export them with --format png, hf or webdataset")
     rows, fields = survey(output)
     check_scores(fields, filters)
     return Settings(out, filters, manifest_config(manifest), manifest_columns(manifest), output.storage_options,

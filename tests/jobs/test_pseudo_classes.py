@@ -54,3 +54,8 @@ def test_label_cluster_evaluate_and_export_with_the_tiny_model(tmp_path, ray_clu
     exported = run("export.py", str(classes), "--out", str(tmp_path / "png"), "--format", "png", "--no-progress")
     assert exported.returncode == 0, exported.stderr
     assert len(list((tmp_path / "png").rglob("*.mask.png"))) == 4
+    # COCO and SA-1B annotate each segment of a labeling output: refused rather than written empty.
+    refused = run("export.py", str(classes), "--out", str(tmp_path / "annotations"), "--format", "coco",
+                  "--no-progress")
+    assert refused.returncode == 2 and "holds pseudo-class masks" in refused.stderr
+    assert not (tmp_path / "annotations").exists()
