@@ -28,8 +28,9 @@ def segment_descriptors(labels: torch.Tensor, features: torch.Tensor, count: int
     columns = torch.arange(width, device=labels.device) * w // width
     tokens = rows[:, None] * w + columns[None, :]
     pairs, pixels = torch.unique(labels.long() * (h * w) + tokens, return_counts=True)
+    segment, token, weight = pairs // (h * w), pairs % (h * w), pixels.float()
     normalized = F.normalize(features.float().reshape(h * w, channels), dim=1)
     sums = torch.zeros(count, channels, device=labels.device)
-    sums.index_add_(0, pairs // (h * w), normalized[pairs % (h * w)] * pixels[:, None].float())
-    areas = torch.zeros(count, device=labels.device).index_add_(0, pairs // (h * w), pixels.float())
+    sums.index_add_(0, segment, normalized[token] * weight[:, None])
+    areas = torch.zeros(count, device=labels.device).index_add_(0, segment, weight)
     return sums / areas.clamp_min(1)[:, None]

@@ -16,7 +16,7 @@ from typing import Any
 import ray
 from tqdm import tqdm
 
-from ..labeling.driver import IN_FLIGHT_PER_ACTOR, LOST_ACTORS_TIMEOUT, MAX_RETRY_DELAY, REPORT_EVERY
+from ..labeling.driver import IN_FLIGHT_PER_ACTOR, LOST_ACTORS_TIMEOUT, MAX_RETRY_DELAY, REPORT_EVERY, _reason
 
 Call = Callable[[Any, str], ray.ObjectRef]
 """`call(actor, shard)` starts the shard's call on the actor and returns its reference."""
@@ -129,11 +129,3 @@ class ActorPool:
         bar.update()
         return Outcome(shard, error=reason)
 
-
-def _reason(error: Exception) -> str:
-    """One line saying why a call failed."""
-    if isinstance(error, ray.exceptions.RayTaskError) and error.cause is not None:
-        return f"{type(error.cause).__name__}: {error.cause}".splitlines()[0]
-    if isinstance(error, ray.exceptions.RayActorError):
-        return "the actor died (its process was killed or crashed)"
-    return str(error).splitlines()[0]

@@ -409,7 +409,7 @@ def _note_retry(summary: Summary, bar: tqdm, shard: str, reason: str, delay: flo
 
 
 def _reason(error: Exception) -> str:
-    """One line saying why an attempt failed."""
+    """One line saying why an attempt failed (also `clustering.pool`'s)."""
     if isinstance(error, ray.exceptions.RayTaskError) and error.cause is not None:
         cause = error.cause
         return f"{type(cause).__name__}: {cause}".splitlines()[0]
