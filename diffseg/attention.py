@@ -103,7 +103,8 @@ class SelfAttentionCapture:
 
     def _chunk_elements(self, device: torch.device) -> int:
         """Scores per chunk on `device`: `CHUNK_ELEMENTS` on CPU; on a GPU, as many as `DEVICE_MEMORY_SHARE` of its
-        free memory holds (half-precision scores, fp32 probabilities and head sum: at most 10 bytes each),
+        free memory holds (fp16 scores, fp32 probabilities and head sum, or fp32 scores that become the probabilities
+        in place and head sum: at most 10 bytes each),
         measured once per device since the capture's own buffers are kept."""
         if device.type != "cuda":
             return CHUNK_ELEMENTS
@@ -183,9 +184,7 @@ class _CaptureProcessor:
         batch, heads, tokens, _ = query.shape
         device, dtype = query.device, query.dtype
         fused = fused_output(device)
-        # Probabilities are wanted in fp32 anyway. On CPU, fp32 products are also faster than casting them
-        # back to bf16 for the value product; on GPUs the half-precision products are much faster.
-        work = torch.float32 if attn.upcast_attention or device.type == "cpu" else dtype
+        work = score_dtype(device, dtype, attn.upcast_attention)
         # Made contiguous once per layer: a transposed view would be copied again by every chunk's product.
         key_t = (key.to(work) * attn.scale).transpose(-1, -2).contiguous()
         total = capture._running_sum(tokens, batch, device)
@@ -218,3 +217,19 @@ def fused_output(device: torch.device) -> bool:
     probabilities; on CPU the fp32 probabilities, computed anyway, give the output for one more product (measured
     faster than SDPA, see benchmarks/README.md)."""
     return device.type != "cpu"
+
+
+def score_dtype(device: torch.device, dtype: torch.dtype, upcast: bool = False) -> torch.dtype:
+    """The dtype of the scores `q k^T * scale` from which the capture's probabilities are computed, for a layer
+    of `dtype` on `device` (`upcast`: the layer's `upcast_attention`).
+
+    Products accumulate in fp32 either way; what differs is the rounding of the stored score s, and
+    p = exp(s) / sum exp(s) moves by about |s| times it (up to twice the largest |s| relative). fp16 stores 11
+    significant bits (rounding 2**-11, ~0.05%) and keeps the GPU's much faster half-precision products; bf16 stores
+    only 8 (2**-8, ~0.4%), where the fused kernel that gives the output keeps fp32 scores, so bf16 models get fp32
+    scores. On CPU fp32 always: the probabilities are wanted in fp32, and there fp32 products are also faster than
+    rounding them back to half precision for the value product.
+    """
+    if device.type != "cpu" and dtype == torch.float16 and not upcast:
+        return torch.float16
+    return torch.float32

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 # Probabilities are clamped to this before `log`, so empty key cells do not give -inf.
@@ -77,9 +78,7 @@ def merge_batch(attentions: Sequence[torch.Tensor], grid: tuple[int, int], num_p
                  for p in _anchor_pass(attention, grid, num_points, [t[0] for t in threshold_sets])]
     sets = [t for _ in attentions for t in threshold_sets]
     for step in range(1, len(threshold_sets[0])):
-        close = [symmetric_kl(p, p) < t[step] for p, t in zip(proposals, sets)]
-        on_host = [c.cpu() for c in close]
-        proposals = [_merge_groups(p, c) for p, c in zip(proposals, on_host)]
+        proposals = _merge_step(proposals, [t[step] for t in sets])
     per_image = len(threshold_sets)
     return [proposals[i:i + per_image] for i in range(0, len(proposals), per_image)]
 
@@ -107,22 +106,49 @@ def merge_pass(proposals: torch.Tensor, threshold: float) -> torch.Tensor:
     """One later merging pass over `(K, N)` proposals (key distributions): walk them in order; one already
     matched is skipped; otherwise it and every proposal within `threshold` of it (matched ones included) are
     marked matched and replaced by their mean. Returns the `(K', N)` means, K' <= K, in the order emitted."""
-    return _merge_groups(proposals, (symmetric_kl(proposals, proposals) < threshold).cpu())
+    return _merge_step([proposals], [threshold])[0]
 
 
-def _merge_groups(proposals: torch.Tensor, close: torch.Tensor) -> torch.Tensor:
-    """The means of `merge_pass`'s groups, from the `(K, K)` closeness of the proposals (a CPU bool tensor)."""
-    matched = torch.zeros(len(proposals), dtype=torch.bool)
-    groups = []
-    for i in range(len(proposals)):
-        if matched[i]:
-            continue
-        group = close[i].clone()
-        group[i] = True
-        matched |= group
-        groups.append(group)
-    members = torch.stack(groups)
-    if proposals.device.type == "cuda":  # pinned, so that the copy does not wait for the device's queue
-        members = members.pin_memory()
-    members = members.to(device=proposals.device, dtype=proposals.dtype, non_blocking=True)
-    return (members @ proposals) / members.sum(dim=1, keepdim=True)
+def _merge_step(proposals: Sequence[torch.Tensor], thresholds: Sequence[float]) -> list[torch.Tensor]:
+    """`merge_pass` of each `(K_s, N)` proposal set with its threshold. The walks are sequential, so they run on
+    the host in numpy; all sets' closeness comes down in one copy and their groups go up in one."""
+    close = _to_host([symmetric_kl(p, p) < t for p, t in zip(proposals, thresholds)])
+    return _group_means(proposals, [_walk(c) for c in close])
+
+
+def _to_host(close: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    """The `(K_s, K_s)` bool matrices as numpy arrays, copied in one transfer (one wait for a GPU)."""
+    flat = torch.cat([c.reshape(-1) for c in close]).cpu().numpy()
+    parts = np.split(flat, np.cumsum([c.numel() for c in close])[:-1])
+    return [part.reshape(c.shape) for part, c in zip(parts, close)]
+
+
+def _walk(close: np.ndarray) -> np.ndarray:
+    """The groups of `merge_pass`'s walk, from the `(K, K)` bool closeness of the proposals (row i: which are within
+    the threshold of proposal i): `(G, K)` bool, one row per group in the order emitted."""
+    matched = np.zeros(len(close), dtype=bool)
+    leaders = []
+    for i in range(len(close)):
+        if not matched[i]:
+            leaders.append(i)
+            # The leader's own mark is left out: the walk never comes back to it.
+            matched |= close[i]
+    members = close[leaders]
+    # A proposal always belongs to its own group, whatever rounding does to its zero distance.
+    members[np.arange(len(leaders)), leaders] = True
+    return members
+
+
+def _group_means(proposals: Sequence[torch.Tensor], members: Sequence[np.ndarray]) -> list[torch.Tensor]:
+    """`(G_s, N)` means of each set's groups: the `(G_s, K_s)` bool `members` of all sets go to the proposals'
+    device in one copy, then `members @ proposals / counts` per set."""
+    flat = torch.from_numpy(np.concatenate([m.reshape(-1) for m in members]))
+    device = proposals[0].device
+    if device.type == "cuda":  # pinned, so that the copy does not wait for the device's queue
+        flat = flat.pin_memory()
+    flat = flat.to(device, non_blocking=True)
+    means = []
+    for p, m, part in zip(proposals, members, flat.split([m.size for m in members])):
+        weights = part.view(m.shape).to(p.dtype)
+        means.append((weights @ p) / weights.sum(dim=1, keepdim=True))
+    return means

@@ -12,7 +12,7 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 from diffseg import builtin
-from diffseg.attention import SelfAttentionCapture
+from diffseg.attention import SelfAttentionCapture, score_dtype
 from tests.diffseg.rounding import TINY, U, assert_within, attention_bounds, gamma
 
 HEADS = 8
@@ -174,6 +174,68 @@ def test_maps_without_a_forward_is_an_error(unet):
     with pytest.raises(RuntimeError):
         SelfAttentionCapture(unet).maps((16, 16))
 
+
+@pytest.mark.parametrize(("device", "dtype", "upcast", "expected"), [
+    ("cuda", torch.bfloat16, False, torch.float32),
+    ("cuda", torch.float16, False, torch.float16),
+    ("cuda", torch.float16, True, torch.float32),
+    ("cuda", torch.float32, False, torch.float32),
+    ("cpu", torch.bfloat16, False, torch.float32),
+    ("cpu", torch.float16, False, torch.float32),
+    ("cpu", torch.float32, False, torch.float32),
+])
+def test_scores_are_fp32_except_for_fp16_models_on_a_gpu(device, dtype, upcast, expected):
+    assert score_dtype(torch.device(device), dtype, upcast) == expected
+
+
+def gpu_math(monkeypatch) -> None:
+    """Make layers on CPU run the GPU path: output from the fused kernel, scores in the dtype a GPU would use."""
+    on_gpu = score_dtype
+    monkeypatch.setattr("diffseg.attention.fused_output", lambda device: True)
+    monkeypatch.setattr("diffseg.attention.score_dtype",
+                        lambda device, dtype, upcast=False: on_gpu(torch.device("cuda"), dtype, upcast))
+
+
+def bf16_maps_against_exact(layer: Attention, hidden: torch.Tensor) -> float:
+    """Capture `layer`'s (B, N, N) maps on `hidden` and return their largest error relative to the fp32 bound:
+    |map - exact| / (rtol * exact + TINY), exact the fp64 head mean of softmax of the layer's own bf16 q and k."""
+    tokens = hidden.shape[1]
+    rtol = attention_bounds(layer, hidden).maps(HEADS)  # two fp32 evaluations: conservative against an exact one
+    capture = SelfAttentionCapture(torch.nn.ModuleList([layer]))
+    with torch.inference_mode():
+        q = layer.head_to_batch_dim(layer.to_q(hidden)).double()
+        k = layer.head_to_batch_dim(layer.to_k(hidden)).double()
+        exact = (q @ k.transpose(1, 2) * layer.scale).softmax(dim=-1).reshape(-1, HEADS, tokens, tokens).mean(dim=1)
+        layer(hidden)
+        (maps,) = capture.maps((8, 12))
+    error = (maps.reshape(exact.shape).double() - exact).abs() / (rtol * exact + TINY)
+    return float(error.max())
+
+
+def bf16_layer(unet) -> tuple[Attention, torch.Tensor]:
+    """The first self-attention layer in bf16, and a bf16 input for it."""
+    layer = self_attention(unet).to(torch.bfloat16)
+    return layer, torch.randn(2, 96, layer.to_q.in_features, generator=torch.Generator().manual_seed(0)).bfloat16()
+
+
+@pytest.mark.parametrize("on_gpu", [False, True], ids=["cpu path", "gpu path"])
+def test_a_bf16_layer_captures_probabilities_of_fp32_scores(unet, monkeypatch, on_gpu):
+    """A bf16 model's q and k are bf16, but its scores are not rounded to bf16 for the capture: the maps are within
+    the fp32 rounding bound of the exact probabilities of those q and k."""
+    if on_gpu:
+        gpu_math(monkeypatch)
+    assert bf16_maps_against_exact(*bf16_layer(unet)) <= 1
+
+
+def test_bf16_scores_miss_the_fp32_bound(unet, monkeypatch):
+    """The GPU path with scores in the model's bf16 (the rule before): the bound of the previous test tells them
+    apart. fp32 scores are off by about (d + 3) 2**-24 S (S = scale * max sum |q||k|, d the head dim); bf16 ones,
+    which keep 8 significant bits, by up to 2**-8 |s| for each score s; p = exp(s) / sum exp(s) moves by up to
+    twice the score error, relative. So bf16 scores miss the bound by up to 2**16 / (d + 3), 1000x and more here.
+    """
+    gpu_math(monkeypatch)
+    monkeypatch.setattr("diffseg.attention.score_dtype", lambda device, dtype, upcast=False: dtype)
+    assert bf16_maps_against_exact(*bf16_layer(unet)) > 1
 
 @pytest.mark.integration
 def test_full_size_sd15_unet_capture():

@@ -1,12 +1,46 @@
+import numpy as np
 import pytest
 import torch
 
-from diffseg.merge import anchor_grid, merge, merge_pass, symmetric_kl
+from diffseg.merge import _anchor_pass, _walk, anchor_grid, merge, merge_batch, merge_pass, symmetric_kl
+from tests.diffseg.planted import planted_features, quadrants
 from tests.diffseg.rounding import U, assert_within, gamma
+
+GRID = (32, 32)
 
 
 def distributions(n: int, d: int, seed: int) -> torch.Tensor:
     return torch.randn(n, d, generator=torch.Generator().manual_seed(seed)).softmax(dim=1)
+
+
+def planted_attention(seed: int) -> torch.Tensor:
+    """fp32 `(1024, 1024)` attention on a 32x32 grid: four planted regions and a Gaussian falloff with distance, so
+    that later passes have from one to a few dozen groups per set of thresholds."""
+    features = planted_features(quadrants(*GRID, (12, 20)), noise=0.5, seed=seed).reshape(-1, 64)
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    cells = torch.stack([ys.flatten(), xs.flatten()], dim=1)
+    return (3 * features @ features.T - torch.cdist(cells, cells) ** 2 / 16).softmax(dim=1)
+
+
+def reference_walk(close: torch.Tensor) -> torch.Tensor:
+    """The later passes' walk as DESIGN.md states it, element by element, on the `(K, K)` bool closeness (row i:
+    which proposals are within the threshold of proposal i): `(G, K)` bool, one row per group in the order
+    emitted."""
+    rows = close.tolist()
+    matched, groups = [False] * len(rows), []
+    for i, row in enumerate(rows):
+        if matched[i]:
+            continue
+        group = [near or j == i for j, near in enumerate(row)]
+        matched = [m or g for m, g in zip(matched, group)]
+        groups.append(group)
+    return torch.tensor(groups)
+
+
+def reference_pass(proposals: torch.Tensor, threshold: float) -> torch.Tensor:
+    """A later pass as computed before the walk moved to numpy: the groups' `members @ proposals / counts`."""
+    members = reference_walk(symmetric_kl(proposals, proposals) < threshold).to(proposals.dtype)
+    return (members @ proposals) / members.sum(dim=1, keepdim=True)
 
 
 def kl_rounding(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -85,3 +119,47 @@ def test_later_passes_walk_proposals_in_order():
     merged = merge_pass(torch.stack([a, b, c]), tau)
     # Each side: one rounding of a sum of two non-negatives (the 0-weighted row adds exact zeros), halved exactly.
     torch.testing.assert_close(merged, torch.stack([(a + c) / 2, (b + c) / 2]), rtol=2 * U, atol=0)
+
+
+CLOSENESS = {
+    "identity": torch.eye(256, dtype=torch.bool),
+    "all close": torch.ones(256, 256, dtype=torch.bool),
+    "none close, not even to itself": torch.zeros(256, 256, dtype=torch.bool),
+    "all but itself": ~torch.eye(256, dtype=torch.bool),
+    "one proposal": torch.zeros(1, 1, dtype=torch.bool),
+    "upper triangle": torch.ones(256, 256, dtype=torch.bool).triu(1),
+    **{f"asymmetric, {density:.1%} close": torch.rand(256, 256, generator=torch.Generator().manual_seed(seed)) < density
+       for seed, density in enumerate((0.005, 0.02, 0.1, 0.5))},
+}
+
+
+@pytest.mark.parametrize("name", CLOSENESS)
+def test_the_walk_finds_the_groups_of_the_direct_reference(name):
+    close = CLOSENESS[name]
+    original = close.clone()
+    assert np.array_equal(_walk(close.numpy()), reference_walk(close).numpy())
+    assert torch.equal(close, original)
+
+
+def test_a_pass_over_real_proposals_is_bit_identical_to_the_reference():
+    (proposals,) = _anchor_pass(planted_attention(0), GRID, 16, [0.9])
+    merged = merge_pass(proposals, 0.9)
+    assert 1 < len(merged) < len(proposals)
+    assert torch.equal(merged, reference_pass(proposals, 0.9))
+
+
+def test_a_batch_of_images_and_sets_is_bit_identical_to_the_reference_for_each():
+    """All sets of a pass go to the host and back in one copy each way: each set's groups and means must be its
+    own, also when the sets have different proposal counts (the second pass)."""
+    attentions = [planted_attention(seed) for seed in (0, 1)]
+    sets = [(0.9, 0.9, 0.9), (1.1, 0.5, 2.0), (0.5, 1.5, 0.7)]
+    merged = merge_batch(attentions, GRID, 16, sets)
+    counts = set()
+    for attention, per_set in zip(attentions, merged):
+        for thresholds, result in zip(sets, per_set):
+            (expected,) = _anchor_pass(attention, GRID, 16, thresholds[:1])
+            for threshold in thresholds[1:]:
+                counts.add(len(expected))
+                expected = reference_pass(expected, threshold)
+            assert torch.equal(result, expected)
+    assert len(counts) > 2  # 256 anchors in the first pass, then different counts per image and set
