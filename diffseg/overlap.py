@@ -50,7 +50,9 @@ class Overlapped:
         gpu = self._device.type == "cuda"
         separate = gpu if post_thread is None else post_thread
         self._post_thread = ThreadPoolExecutor(1, thread_name_prefix="diffseg-post") if separate else None
-        self._stream = torch.cuda.Stream(self._device) if separate and gpu else None
+        # High priority: the device runs a batch's post-processing kernels as soon as they are queued, between the
+        # next forward's, so that batch's results reach the CPU side early.
+        self._stream = torch.cuda.Stream(self._device, priority=-1) if separate and gpu else None
         self._pending: deque[Future] = deque()
         self._lock = threading.Lock()
 
@@ -64,7 +66,7 @@ class Overlapped:
             if self._post_thread is None:
                 results = self._model_thread.submit(self._whole, images, batch_size)
             else:
-                maps = self._model_thread.submit(self._forward, images, batch_size)
+                maps = self._model_thread.submit(self._forward_marked, images, batch_size)
                 results = self._post_thread.submit(self._on_stream, images, maps)
             self._pending.append(results)
         return _per_image(results, len(images))
@@ -72,28 +74,39 @@ class Overlapped:
     def _whole(self, images: Sequence[PreparedImage], batch_size: int) -> list[Any]:
         return self._post(images, self._forward(images, batch_size))
 
-    def _on_stream(self, images: Sequence[PreparedImage], maps: Future) -> list[Any]:
-        """`post` after the forward that made `maps`, on this object's CUDA stream when there is one."""
-        evidence = maps.result()
+    def _forward_marked(self, images: Sequence[PreparedImage], batch_size: int) -> tuple[Any, torch.cuda.Event | None]:
+        """`forward`, with an event recorded on the model thread's CUDA stream right after its kernels were queued
+        (on a GPU): where the forward's outputs are complete, and nothing later."""
+        output = self._forward(images, batch_size)
+        if self._stream is None:
+            return output, None
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(self._device))
+        return output, done
+
+    def _on_stream(self, images: Sequence[PreparedImage], forward: Future) -> list[Any]:
+        """`post` after the forward of `forward`, on this object's CUDA stream when there is one."""
+        evidence, done = forward.result()
         if self._stream is None:
             return self._post(images, evidence)
-        # The forward's kernels were queued on the device's default stream before `maps` resolved.
-        self._stream.wait_stream(torch.cuda.default_stream(self._device))
-        for tensor in _tensors(evidence):
+        # Not `wait_stream`: by now the model thread may have queued part of the next forward behind this one.
+        self._stream.wait_event(done)
+        for tensor in device_tensors(evidence):
             # Freed on this thread while the model thread allocates: keep the memory until this stream is done.
             tensor.record_stream(self._stream)
         with torch.cuda.stream(self._stream):
             return self._post(images, evidence)
 
 
-def _tensors(output: Any) -> list[torch.Tensor]:
-    """The tensors of a forward's output, however nested in lists and tuples (per image, `DiffSeg.forward_batch`
-    gives a `Forward` of DiffSeg's attention maps or DiffCut's features, and optionally the features)."""
+def device_tensors(output: Any) -> list[torch.Tensor]:
+    """The CUDA tensors of a forward's output, however nested in lists and tuples (per image, `DiffSeg.forward_batch`
+    gives a `Forward` of DiffSeg's attention maps or DiffCut's features, and optionally the features). CPU tensors
+    are left out: they have no stream to record."""
     if isinstance(output, torch.Tensor):
-        return [output]
+        return [output] if output.is_cuda else []
     if output is None:
         return []
-    return [tensor for part in output for tensor in _tensors(part)]
+    return [tensor for part in output for tensor in device_tensors(part)]
 
 
 def _per_image(batch: Future, count: int) -> list[Future]:

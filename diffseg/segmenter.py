@@ -22,10 +22,18 @@ from .streaming import stream
 
 GPU_BATCH_SIZE = 8
 """Images per forward on a GPU by default: enough to fill a data-center GPU at 512 px (benchmarks/README.md)."""
-GPU_MEMORY_PER_IMAGE = 2 * 2**30
-"""Bytes of device memory one image of a batch may need at 512 px, with room to spare: its activations, its
-captured maps (68 MiB fp32), its share of the capture's chunks and its post-processing (2 x 64 MiB). DiffCut at
-1024 px needs less: activations down to its layer only, and 32 x 32 tokens of 1280 features."""
+UNET_MEMORY_PER_IMAGE = {"diffseg": 2 * 2**30, "kmeans-c": 2 * 2**30, "diffcut": 2**28}
+"""Bytes of device memory one image of a batch may need at its model family's native size (`NATIVE_RESOLUTION`:
+the same token grids), by method, besides its VAE encoding, with room to spare. DiffSeg (and K-Means-C, the same
+forward): the UNet's activations, the captured maps (68 MiB fp32), a share of the capture's chunks and the
+post-processing (2 x 64 MiB). DiffCut: activations down to its feature layer only, and 32 x 32 tokens of 1280
+features. Estimates with margin; the GPU check prints the peak memory each method takes at batch 8
+(benchmarks/README.md)."""
+NATIVE_RESOLUTION = {"sd": 512, "sdxl": 1024}
+"""Pixels per side at which each model family's UNet sees 64 x 64 latent tokens at its finest attention."""
+VAE_MEMORY_PER_IMAGE = 5 * 2**27
+"""Bytes the VAE encoder's activations of one 512 px image may take in fp32 (0.625 GiB: a few live tensors of 128
+channels x 512 x 512); half that in fp16 or bf16. SDXL's VAE runs in fp32 (`model.load_model`): 2.5 GiB at 1024 px."""
 NOISE_SEED = 42
 """Seed of the one noise tensor DiffCut adds to every latent (a CPU `torch.Generator`, so the same on any device)."""
 
@@ -81,6 +89,12 @@ class DiffSeg:
         self.descriptors = descriptors
         # DiffCut reads one layer's output through a hook and keeps the stock (fused) attention everywhere.
         self.capture = None if self.config.method == "diffcut" else SelfAttentionCapture.of(model.unet)
+        # Once, here: the free memory read later would count other actors' and PyTorch's own cache as used, and
+        # the batch size could change from shard to shard.
+        self._noises: dict[tuple[int, ...], torch.Tensor] = {}
+        self.default_batch_size = self._batch_size_at_load()
+        """Images per forward when none is asked for: 1 on CPU, where a batch only adds latency; on a GPU
+        `GPU_BATCH_SIZE`, or as many images of `memory_per_image` as fit in the device memory free at load."""
 
     @classmethod
     def from_pretrained(cls, model: str = DEFAULT_MODEL, config: DiffSegConfig | None = None,
@@ -106,19 +120,17 @@ class DiffSeg:
         return self.model.context.dtype
 
     @property
-    def default_batch_size(self) -> int:
-        """Images per forward when none is asked for: 1 on CPU, where a batch only adds latency; on a GPU
-        `GPU_BATCH_SIZE`, or as many as `GPU_MEMORY_PER_IMAGE` each fit in the device memory that is free."""
-        if self.device.type != "cuda":
-            return 1
-        free, _ = torch.cuda.mem_get_info(self.device)
-        return max(1, min(GPU_BATCH_SIZE, int(free // GPU_MEMORY_PER_IMAGE)))
-
-    @property
     def info(self) -> dict[str, Any]:
         """Provenance of the model and settings: model identity, config and its hash, device, dtype."""
         return {**self.model.info, "config": self.config.to_dict(), "config_hash": self.config.config_hash(),
                 "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+
+    def _batch_size_at_load(self) -> int:
+        if self.device.type != "cuda":
+            return 1
+        per_image = memory_per_image(self.config.method, self.model.family, self.config.resolution,
+                                     self.model.vae.dtype)
+        return max(1, min(GPU_BATCH_SIZE, device_memory_budget(self.device) // per_image))
 
     def prepare(self, image: ImageInput, name: str | None = None) -> PreparedImage:
         """Decode and resize one image for this segmenter; raises `ImageError` naming a bad image."""
@@ -189,7 +201,7 @@ class DiffSeg:
         choices nearly tie.
         """
         padded = [*images, *[images[-1]] * (batch_size - len(images))]
-        pixels = torch.stack([image.pixels for image in padded])
+        pixels = self._on_device([image.pixels for image in padded])
         if self.config.method == "diffcut":
             return [Forward(f, f if self.descriptors else None) for f in self.features(pixels)[:len(images)]]
         if self.descriptors:
@@ -217,12 +229,29 @@ class DiffSeg:
         [-1, 1], H and W multiples of 64: the latents noised to `config.timestep` with one noise for the whole
         batch, as the paper does, through the UNet up to the feature layer."""
         latents = self._latents(pixels).float()  # noised in fp32, as the paper does, then cast for the UNet
-        generator = torch.Generator().manual_seed(NOISE_SEED)
-        noise = torch.randn((1, *latents.shape[1:]), generator=generator).to(latents.device)
+        noise = self._noise(tuple(latents.shape[1:]))
         timestep = torch.full((len(pixels),), self.config.timestep, device=self.device, dtype=torch.long)
         noisy = self.model.scheduler.add_noise(latents, noise.expand_as(latents), timestep).to(self.dtype)
         return layer_features(self.model.unet, noisy, timestep,
                              **self.model.unet_inputs(len(pixels), tuple(pixels.shape[-2:])))
+
+    def _noise(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """DiffCut's noise `(1, *shape)` fp32 on the model's device, made once per latent shape: a copy from
+        pageable host memory on every forward would make the model thread wait for the device to finish the
+        previous batch."""
+        if shape not in self._noises:
+            generator = torch.Generator().manual_seed(NOISE_SEED)
+            self._noises[shape] = torch.randn((1, *shape), generator=generator).to(self.device)
+        return self._noises[shape]
+
+    def _on_device(self, pixels: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The `(3, H, W)` CPU pixels stacked into one `(B, 3, H, W)` batch on the model's device. To a GPU through
+        pinned memory without waiting: the copy is queued behind the previous forward instead of stalling the
+        model thread until the device is idle."""
+        if self.device.type != "cuda":
+            return torch.stack(list(pixels))
+        pinned = torch.empty((len(pixels), *pixels[0].shape), dtype=pixels[0].dtype, pin_memory=True)
+        return torch.stack(list(pixels), out=pinned).to(self.device, non_blocking=True)
 
     def _latents(self, pixels: torch.Tensor) -> torch.Tensor:
         """VAE posterior mean x scaling factor `(B, 4, H / 8, W / 8)` in the UNet's dtype (the VAE's may be fp32,
@@ -230,6 +259,26 @@ class DiffSeg:
         vae = self.model.vae
         pixels = pixels.to(device=self.device, dtype=vae.dtype)
         return (vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor).to(self.dtype)
+
+
+def memory_per_image(method: str, family: str, resolution: int, vae_dtype: torch.dtype) -> int:
+    """Bytes of device memory one image of a batch may need with `method` on a `family` model at `resolution`
+    pixels (the longer side) and a VAE in `vae_dtype`: each part grows with the pixels it sees, the UNet's from the
+    family's native size, the VAE's from 512 px."""
+    unet = UNET_MEMORY_PER_IMAGE[method] * (resolution / NATIVE_RESOLUTION[family]) ** 2
+    vae = VAE_MEMORY_PER_IMAGE * (resolution / 512) ** 2 * torch.finfo(vae_dtype).bits / 32
+    return int(unet + vae)
+
+
+def device_memory_budget(device: torch.device) -> int:
+    """Bytes this process may still allocate on the CUDA `device`: what is free on it plus PyTorch's cached blocks
+    that no tensor holds, within the process's share when one is set (`torch.cuda.set_per_process_memory_fraction`,
+    see `pipeline.labeling.worker`)."""
+    free, total = torch.cuda.mem_get_info(device)
+    reserved, allocated = torch.cuda.memory_reserved(device), torch.cuda.memory_allocated(device)
+    budget = free + reserved - allocated
+    share = torch.cuda.get_per_process_memory_fraction(device)
+    return min(budget, int(share * total) - allocated) if share < 1 else budget
 
 
 def _described(result: Segmentation, features: torch.Tensor) -> Segmentation:

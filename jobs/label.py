@@ -45,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--num-actors", type=int, default=None,
                    help="model replicas (default: as many as the cluster can host now)")
     p.add_argument("--gpus-per-actor", type=float, default=None,
-                   help="default: 1 when the cluster has GPUs, else 0; fractions share a GPU")
+                   help="default: 1 when the cluster has GPUs, else 0; at most 1, fractions share a GPU")
     p.add_argument("--cpus-per-actor", type=float, default=None,
                    help="default: with GPUs, the CPUs that come with them on a node; else those of the smallest node")
     p.add_argument("--memory-per-actor", type=float, default=None, metavar="GIB",
@@ -84,6 +84,9 @@ def job_from_args(args: argparse.Namespace) -> LabelJob:
                                ("--retry-delay", args.retry_delay, 0), ("--startup-timeout", args.startup_timeout, 0)):
         if value is not None and value < least:
             raise ValueError(f"{flag} must be at least {least:g}, got {value:g}")
+    if args.gpus_per_actor is not None and args.gpus_per_actor > 1:
+        raise ValueError(f"--gpus-per-actor must be at most 1, got {args.gpus_per_actor:g}: a model replica runs on "
+                         "one GPU; more actors (--num-actors) use more GPUs")
     config = config_from_args(args)
     return LabelJob(input=args.input, output=args.output, model=args.model, revision=args.revision, config=config,
                     input_format=args.input_format, shard_size=args.shard_size,

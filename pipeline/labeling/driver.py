@@ -216,7 +216,8 @@ def _start_actors(job: LabelJob, source: Location, output: Location, shards: int
     shape = pool.shape
     settings = WorkerSettings(model=job.model, config=job.config, revision=job.revision,
                               device="cuda" if shape.gpus else "cpu", dtype=job.dtype, batch_size=job.batch_size,
-                              max_pixels=job.max_pixels, threads=max(1, int(shape.cpus)), descriptors=job.descriptors)
+                              max_pixels=job.max_pixels, threads=max(1, int(shape.cpus)), descriptors=job.descriptors,
+                              gpu_share=shape.gpus or 1.0)
     remote = ray.remote(worker).options(num_cpus=shape.cpus, num_gpus=shape.gpus, memory=shape.memory or None,
                                         max_restarts=-1, max_task_retries=0, max_concurrency=IN_FLIGHT_PER_ACTOR)
     actors = [remote.remote(settings, Placement(source, output, job.columns)) for _ in range(pool.count)]

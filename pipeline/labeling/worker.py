@@ -63,6 +63,9 @@ class WorkerSettings:
     masks). None leaves torch's default and gives each pool one thread per core of the machine."""
     descriptors: bool = False
     """Give each segment its descriptor (the rows' `descriptors` column)."""
+    gpu_share: float = 1.0
+    """The share of its GPU this worker has (Ray's `num_gpus`, at most 1); below 1 the process may allocate only
+    that share of the GPU's memory, so that the replicas sharing it cannot starve each other."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,9 @@ class LabelWorker:
     def _build(self) -> DiffSeg:
         if self.settings.threads:
             torch.set_num_threads(self._threads)
+        if self.settings.device == "cuda" and self.settings.gpu_share < 1:
+            # Before the model: its batch size is decided at load, within this share (`DiffSeg.default_batch_size`).
+            torch.cuda.set_per_process_memory_fraction(self.settings.gpu_share)
         return self.build_segmenter()
 
     def build_segmenter(self) -> DiffSeg:

@@ -36,6 +36,7 @@ def summary_of(result: subprocess.CompletedProcess) -> dict:
     (["--crop", "sideways"], "error: argument --crop: invalid choice: 'sideways'"),
     (["--storage-options", "{oops"], "error: --storage-options is not valid JSON"),
     (["--num-points", "1"], "error: num_points"),
+    (["--gpus-per-actor", "2"], "error: --gpus-per-actor must be at most 1, got 2: a model replica runs on one GPU"),
 ])
 def test_bad_flags_are_one_line_and_exit_two(tmp_path, args, message):
     result = label("--input", str(tmp_path), "--output", str(tmp_path / "out"), *args)

@@ -179,3 +179,15 @@ def test_with_descriptors_every_segment_has_its_row_of_float16_values(tmp_path, 
         # The same batches as the worker's, hence the same forwards and exactly the same float16 values.
         assert np.array_equal(descriptors, expected[row["image_id"]].descriptors.numpy())
         assert descriptors.shape == (row["num_segments"], 64)  # the tiny model's feature layer width
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_worker_with_a_share_of_a_gpu_caps_its_process_to_that_share_of_the_memory(tmp_path):
+    settings = WorkerSettings(model="tiny", config=FAST, device="cuda", gpu_share=0.5)
+    worker = LabelWorker(settings, Placement(Location(str(tmp_path / "in")), Location(str(tmp_path / "out"))))
+    try:
+        assert "info" in worker.load()
+        assert torch.cuda.get_per_process_memory_fraction() == 0.5
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
