@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_CPU := torch==2.13.0
 
-.PHONY: install demo lint test test-fast bench clean
+.PHONY: install demo lint test test-fast bench gpu-bundle clean
 
 MODEL ?= CompVis/stable-diffusion-v1-4
 
@@ -42,6 +42,10 @@ bench: install
 	$(BIN)/python benchmarks/bench_job.py
 	$(BIN)/python benchmarks/bench_eval.py
 	$(BIN)/python benchmarks/bench_driver.py
+
+# The wheels the offline GPU host lacks, into gpu-wheels/ (benchmarks/README.md, "Offline GPU check").
+gpu-bundle: install
+	PYTHON=$(BIN)/python benchmarks/gpu_bundle.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache masks out

@@ -13,7 +13,10 @@ machine. Prints images/s after the actor started, CPU-ms per image (the actor pr
 `getrusage` in the actor, and the whole machine's busy time from /proc/stat, both between the end of model
 loading and the end of the last shard), and a per-stage breakdown measured in this process on one thread.
 
-    python benchmarks/bench_actor.py [--images 400] [--cpus-per-actor 2] [--shard-size 100]
+    python benchmarks/bench_actor.py [--images 400] [--cpus-per-actor 2] [--shard-size 100] [--address ADDRESS]
+                                     [--json FILE]
+
+Smoke run: `--images 2 --shard-size 1 --stage-images 1 --cpus-per-actor 1`.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_driver import add_address, start_ray  # noqa: E402
 from diffseg import DiffSegConfig  # noqa: E402
 from diffseg.preprocess import PreparedImage, prepare  # noqa: E402
 from diffseg.regions import regions  # noqa: E402
@@ -215,14 +219,14 @@ def main() -> None:
     parser.add_argument("--cpus-per-actor", type=int, default=2)
     parser.add_argument("--shard-size", type=int, default=100)
     parser.add_argument("--stage-images", type=int, default=20, help="photos timed per stage in this process")
+    add_address(parser)
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         inputs, output = Path(folder) / "in", Path(folder) / "out"
         inputs.mkdir()
         sizes = write_photos(inputs, args.images)
-        ray.init(address="local", include_dashboard=False, logging_level="WARNING", num_cpus=args.cpus_per_actor,
-                 num_gpus=0, object_store_memory=100 * 2**20)
+        start_ray(args.address, args.cpus_per_actor, object_store_mib=100)
         started = time.perf_counter()
         planned = plan(LabelJob(input=str(inputs), output=str(output), model="zero-cost", shard_size=args.shard_size,
                                 num_actors=1, gpus_per_actor=0, cpus_per_actor=args.cpus_per_actor,

@@ -8,6 +8,9 @@ own, so that peak memories do not carry over. Prints, per size, the time of each
 of the driver and of the busiest actor: with the same `--sample`, neither grows with the dataset.
 
     python benchmarks/bench_cluster.py [--descriptors 500000 2000000] [--dim 256] [--sample 500000]
+                                       [--address ADDRESS] [--json FILE]
+
+Smoke run: `--descriptors 2000 --per-shard 500 --dim 8 --classes 4 --sample 1000 --actors 1`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_driver import add_address, start_ray  # noqa: E402
 from diffseg.visualize import label_png  # noqa: E402
 from pipeline.clustering.driver import execute, plan  # noqa: E402
 from pipeline.clustering.job import ClusterJob  # noqa: E402
@@ -97,8 +101,7 @@ def one(args: argparse.Namespace, descriptors: int) -> dict[str, Any]:
         began = time.perf_counter()
         shards = write_input(Path(folder) / "in", descriptors, args.per_shard, args.dim, args.classes)
         written = time.perf_counter() - began
-        ray.init(address="local", include_dashboard=False, logging_level="WARNING", num_cpus=args.actors,
-                 num_gpus=0, object_store_memory=300 * 2**20)
+        start_ray(args.address, args.actors, object_store_mib=300)
         before = peak_mib()
         job = ClusterJob(input=str(Path(folder) / "in"), output=str(Path(folder) / "out"), classes=args.classes,
                          sample=args.sample, num_actors=args.actors, memory_per_actor=0)
@@ -122,6 +125,8 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=500_000)
     parser.add_argument("--actors", type=int, default=2)
     parser.add_argument("--tmp", default=None, help="folder for the temporary dataset (default: the system's)")
+    add_address(parser)
+    parser.add_argument("--json", help="also write the figures of every size to this JSON file")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:
@@ -129,10 +134,12 @@ def main() -> None:
         return
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {args.actors} actors, dim {args.dim}, "
           f"K {args.classes}, sample {args.sample:,}")
+    results = []
     for size in args.descriptors:
         command = [sys.executable, __file__, "--one", str(size), *sys.argv[1:]]
-        result = subprocess.run(command, check=True, capture_output=True, text=True)
+        result = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)  # its errors show
         f = json.loads(result.stdout.splitlines()[-1])
+        results.append(f)
         print(f"{size:,} descriptors, {f['shards']:,} shards, {f['images']:,} images (input written in "
               f"{f['write_input_s']:.0f} s)")
         print(f"    sampling {f['sample_s']:.1f} s | training on {f['sample']:,} {f['train_s']:.1f} s | assignment "
@@ -141,6 +148,9 @@ def main() -> None:
         print(f"    peak RSS: driver {f['driver_peak_mib']:,.0f} MiB ({f['driver_after_init_mib']:,.0f} after "
               f"ray.init; the sample is {f['sample_mib']:,.0f} MiB as float32), busiest actor "
               f"{f['worker_peak_mib']:,.0f} MiB")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"dim": args.dim, "classes": args.classes, "actors": args.actors,
+                                               "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ on a shared machine the minimum is the least disturbed run (the median is printe
 synchronized.
 
     python benchmarks/bench_core.py [--device cpu|cuda] [--dtype float32 bfloat16] [--batch 1 4 8]
-                                    [--repeat 3] [--json FILE]
+                                    [--repeat 3] [--model sd15-random|tiny] [--resolution 512] [--json FILE]
+
+Smoke run (the same code path in seconds, figures meaningless): `--model tiny --batch 1 --repeat 1`.
 """
 
 from __future__ import annotations
@@ -66,22 +68,27 @@ def timed(steps: dict[str, Callable[[], object]], repeat: int, device: torch.dev
     return times
 
 
-def build(dtype: torch.dtype, device: torch.device) -> tuple[torch.nn.Module, dict, dict, SelfAttentionCapture]:
-    """The random-weight SD 1.5 UNet on `device`, its stock and its capturing attention processors, and the capture."""
-    unet = builtin.build("sd15-random").unet.to(device=device, dtype=dtype)
+def build(dtype: torch.dtype, device: torch.device, model: str = "sd15-random"
+          ) -> tuple[torch.nn.Module, dict, dict, SelfAttentionCapture]:
+    """The built-in `model`'s UNet (SD 1.x layout) on `device`, its stock and its capturing attention processors,
+    and the capture."""
+    unet = builtin.build(model).unet.to(device=device, dtype=dtype)
     unet.set_attn_processor(AttnProcessor2_0())
     stock = dict(unet.attn_processors)
     capture = SelfAttentionCapture(unet)
     return unet, stock, dict(unet.attn_processors), capture
 
 
-def bench(built: tuple, batch: int, repeat: int, device: torch.device) -> dict[str, float]:
-    """Figures for one batch size on a `build` result (see the module docstring)."""
+def bench(built: tuple, batch: int, repeat: int, device: torch.device, resolution: int = 512) -> dict[str, float]:
+    """Figures for one batch size on a `build` result at `resolution` px (see the module docstring)."""
     unet, stock, captured, capture = built
     dtype = unet.dtype
     generator = torch.Generator().manual_seed(0)
-    latents = torch.randn(batch, 4, 64, 64, generator=generator).to(device=device, dtype=dtype)
-    context = torch.randn(batch, 77, 768, generator=generator).to(device=device, dtype=dtype)
+    side = resolution // 8  # the latent's
+    latents = torch.randn(batch, unet.config.in_channels, side, side, generator=generator).to(device=device,
+                                                                                           dtype=dtype)
+    context = torch.randn(batch, 77, unet.config.cross_attention_dim, generator=generator).to(device=device,
+                                                                                           dtype=dtype)
     timestep = torch.full((batch,), 300, device=device)
 
     @torch.inference_mode()
@@ -101,16 +108,17 @@ def bench(built: tuple, batch: int, repeat: int, device: torch.device) -> dict[s
     times = timed({"stock": lambda: forward(stock), "capture": lambda: forward(captured)}, repeat, device)
 
     forward(captured)
-    maps = capture.maps((64, 64))
+    maps = capture.maps((side, side))
     config = DiffSegConfig()
     reset_peak(device)
     images = [list(image) for image in zip(*maps)]
-    sizes = [(512, 512)] * batch
+    sizes = [(resolution, resolution)] * batch
     times.update(timed({"post": lambda: segment_from_attention(maps, config).cpu(),
                         "post_scored": lambda: [r.cpu() for r in segment_images_scored(images, config, sizes)]},
                        repeat, device))
     peak_post = peak_gib(device)
-    result = {"dtype": str(dtype).removeprefix("torch."), "batch": batch, "device": str(device)}
+    result = {"dtype": str(dtype).removeprefix("torch."), "batch": batch, "resolution": resolution,
+              "device": str(device)}
     for name, values in times.items():
         result[f"{name}_ms"] = min(values)
         result[f"{name}_median_ms"] = statistics.median(values)
@@ -135,6 +143,9 @@ def main() -> None:
                         help="default: float16 bfloat16 on a GPU, float32 bfloat16 on CPU")
     parser.add_argument("--batch", nargs="+", type=int, default=None, help="default: 1 4 8 16 on a GPU, 1 on CPU")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--model", choices=["sd15-random", "tiny"], default="sd15-random",
+                        help="built-in UNet; tiny: a smoke run of the same code in seconds")
+    parser.add_argument("--resolution", type=int, default=512, help="image side in px (a multiple of 64)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -144,9 +155,9 @@ def main() -> None:
     print(f"machine: {describe(device)}, torch {torch.__version__}, device {device}", flush=True)
     results = []
     for name in dtypes:
-        built = build(DTYPES[name], device)
+        built = build(DTYPES[name], device, args.model)
         for batch in sizes:
-            r = bench(built, batch, args.repeat, device)
+            r = bench(built, batch, args.repeat, device, args.resolution)
             results.append(r)
             memory = "GPU memory" if gpu else "RSS"
             print(f"{name} batch {batch}: (a) stock forward {r['stock_ms']:.1f} ms | (b) with capture "
@@ -162,7 +173,8 @@ def main() -> None:
         del built
     if args.json:
         with open(args.json, "w") as file:
-            json.dump({"machine": describe(device), "torch": torch.__version__, "results": results}, file, indent=2)
+            json.dump({"machine": describe(device), "torch": torch.__version__, "model": args.model,
+                       "results": results}, file, indent=2)
 
 
 if __name__ == "__main__":

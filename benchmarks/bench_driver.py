@@ -6,12 +6,15 @@ Parquet file and `_done/` marker of every shard) by actors whose model does noth
 the job around the model. Prints the planning time, shards per second, the peak number of shards in flight
 and the driver process's peak memory (RSS), before and after the run.
 
-    python benchmarks/bench_driver.py [--shards 20000] [--actors 2]
+    python benchmarks/bench_driver.py [--shards 20000] [--actors 2] [--address ADDRESS] [--json FILE]
+
+Smoke run: `--shards 4 --actors 1`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import resource
 import sys
@@ -60,18 +63,36 @@ def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def start_ray(address: str | None, cpus: int, object_store_mib: int, gpus: int = 0) -> None:
+    """Join the Ray cluster at `address`, else start a private local one of `cpus` CPUs, `gpus` GPUs and an object
+    store of `object_store_mib` (Ray's default takes 30% of the RAM), which `ray.shutdown` or this process's end
+    stops. Joining saves a second local cluster where one runs already (the tests' shared one)."""
+    if address:
+        ray.init(address=address, logging_level="WARNING")
+    else:
+        ray.init(address="local", include_dashboard=False, logging_level="WARNING", num_cpus=cpus, num_gpus=gpus,
+                 object_store_memory=object_store_mib * 2**20)
+
+
+def add_address(parser: argparse.ArgumentParser) -> None:
+    """The `--address` option of the benchmarks that use Ray."""
+    parser.add_argument("--address", default=None,
+                        help="join the Ray cluster at this address (default: start a private local one)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", type=int, default=20000)
     parser.add_argument("--actors", type=int, default=2)
+    add_address(parser)
+    parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         inputs = Path(folder) / "in"
         inputs.mkdir()
         for i in range(args.shards):
             (inputs / f"{i:06d}.png").write_bytes(b"not decoded by the no-op model")
-        ray.init(address="local", include_dashboard=False, logging_level="WARNING", num_cpus=args.actors,
-                 num_gpus=0, object_store_memory=100 * 2**20)
+        start_ray(args.address, args.actors, object_store_mib=100)
         before = peak_mib()
         started = time.perf_counter()
         planned_job = plan(LabelJob(input=str(inputs), output=str(Path(folder) / "out"), model="noop", shard_size=1,
@@ -85,6 +106,12 @@ def main() -> None:
           f"({summary.shards_written / scheduling:.0f} shards/s), {summary.shards_failed} failed, "
           f"at most {summary.in_flight_peak} in flight")
     print(f"driver peak RSS: {before:.0f} MiB after ray.init, {peak_mib():.0f} MiB at the end")
+    if args.json:
+        figures = {"shards": args.shards, "actors": args.actors, "planning_s": planned, "labeling_s": scheduling,
+                   "shards_written": summary.shards_written, "shards_failed": summary.shards_failed,
+                   "shards_per_s": summary.shards_written / scheduling, "in_flight_peak": summary.in_flight_peak,
+                   "driver_after_init_mib": before, "driver_peak_mib": peak_mib()}
+        Path(args.json).write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

@@ -8,12 +8,15 @@ Prints:
 (3) `pipeline.evaluation.scoring.score_model` with the `tiny` model on a generated COCO-Stuff-27 folder, against a
     plain in-process loop doing the same reading, segmenting and scoring one image after the other.
 
-    python benchmarks/bench_eval.py [--images 200] [--repeat 3]
+    python benchmarks/bench_eval.py [--images 200] [--repeat 3] [--json FILE]
+
+Smoke run: `--images 2 --repeat 1`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import sys
@@ -40,12 +43,14 @@ def blocks(rng: np.random.Generator, values: int, cells: int, side: int = 512) -
     return np.kron(rng.integers(0, values, (cells, cells)), np.ones((side // cells, side // cells), dtype=np.int64))
 
 
-def bench_metrics(images: int) -> None:
+def bench_metrics(images: int) -> dict[str, float]:
+    """(1): milliseconds per image of each protocol."""
     rng = np.random.default_rng(0)
     pairs = []
     for _ in range(images):
         label = blocks(rng, 28, 16) - 1  # -1 is ignored
         pairs.append((blocks(rng, int(rng.integers(5, 41)), 32), label))
+    figures = {}
     for protocol in ("per-image", "dataset"):
         evaluation = Evaluation(27, protocol=protocol)
         start = time.perf_counter()
@@ -55,11 +60,15 @@ def bench_metrics(images: int) -> None:
         per_image = (time.perf_counter() - start) / images
         print(f"(1) metrics, {protocol:9}: {1000 * per_image:.2f} ms per 512x512 image "
               f"({images} images; 2,175 images would take {2175 * per_image:.1f} s)")
+        figures[protocol] = 1000 * per_image
+    return figures
 
 
-def bench_methods(repeat: int) -> None:
+def bench_methods(repeat: int) -> dict[str, float]:
+    """(2): median seconds per image of each method's post-processing."""
     partition = random_partition(64, 64, 8, seed=0)
     maps = planted_attention(partition, noise=0.3)
+    figures = {}
     for name, config in (("diffseg", DiffSegConfig()), ("kmeans-c K=6", DiffSegConfig(method="kmeans-c")),
                          ("kmeans-s K=8", DiffSegConfig(method="kmeans-c", num_clusters=8))):
         times = []
@@ -68,9 +77,12 @@ def bench_methods(repeat: int) -> None:
             segment_from_attention(maps, config, (512, 512))
             times.append(time.perf_counter() - start)
         print(f"(2) post-processing, {name:13}: {statistics.median(times):.3f} s per image (64x64 grid)")
+        figures[name] = statistics.median(times)
+    return figures
 
 
-def bench_loop(images: int) -> None:
+def bench_loop(images: int) -> dict[str, float]:
+    """(3): milliseconds per image of the plain loop and of `score_model`."""
     torch.set_num_threads(1)
     config = DiffSegConfig(resolution=128, crop="center")
     segmenter = DiffSeg.from_pretrained("tiny", config=config, device="cpu")
@@ -92,18 +104,22 @@ def bench_loop(images: int) -> None:
     assert report.results[scored[0].name]["tp"] == evaluation.result()["tp"]
     print(f"(3) tiny model, {images} images at 128 px, 1 torch thread: plain loop {1000 * loop / images:.1f} ms/img, "
           f"score_model {1000 * scored_seconds / images:.1f} ms/img ({loop / scored_seconds:.2f}x)")
+    return {"loop": 1000 * loop / images, "score_model": 1000 * scored_seconds / images}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    bench_metrics(args.images)
-    bench_methods(args.repeat)
-    bench_loop(args.images)
+    figures = {"images": args.images, "metrics_ms_per_image": bench_metrics(args.images),
+               "post_processing_s_per_image": bench_methods(args.repeat),
+               "scoring_ms_per_image": bench_loop(args.images)}
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,11 @@ actor takes that device: a GPU, or all CPUs):
   OpenMP, not the job.) CPU only.
 
     python benchmarks/bench_job.py [--suite full tiny] [--device cpu|cuda] [--images 8] [--batch N]
-                                   [--tiny-images 1000] [--json FILE]
+                                   [--tiny-images 1000] [--model sd15-random] [--resolution 512] [--address ADDRESS]
+                                   [--json FILE]
+
+Smoke run (both suites, the full one on the tiny model at 128 px, in seconds):
+`--model tiny --resolution 128 --images 1 --tiny-images 1`.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_driver import add_address, start_ray  # noqa: E402
 from diffseg import DiffSeg, DiffSegConfig  # noqa: E402
 from pipeline.labeling.driver import run  # noqa: E402
 from pipeline.labeling.job import LabelJob  # noqa: E402
@@ -116,22 +121,24 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8, help="images for the full-size suite")
     parser.add_argument("--batch", type=int, default=None, help="full suite: default 8 on a GPU, 1 on CPU")
     parser.add_argument("--tiny-images", type=int, default=1000)
+    parser.add_argument("--model", default="sd15-random", help="the full suite's model (tiny: a smoke run)")
+    parser.add_argument("--resolution", type=int, default=512, help="the full suite's processing size in px")
+    add_address(parser)
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     cpus = os.cpu_count() or 1
     gpu = args.device == "cuda"
     machine = torch.cuda.get_device_name() if gpu else platform.processor() or platform.machine()
     print(f"{machine}, {cpus} CPUs, torch {torch.__version__}, ray {ray.__version__}")
-    ray.init(address="local", num_cpus=cpus, num_gpus=1 if gpu else 0, include_dashboard=False,
-             object_store_memory=512 * 2**20, logging_level="WARNING")
+    start_ray(args.address, cpus, object_store_mib=512, gpus=1 if gpu else 0)
     work = Path(tempfile.mkdtemp(prefix="bench-job-"))
     results = []
     try:
         if "full" in args.suite:
             files = sample_photos(work / "full", args.images)
             batch = args.batch or (8 if gpu else 1)
-            results.append(suite("full", "sd15-random", DiffSegConfig(), files, shard_size=max(2, 4 * batch),
-                                 cpus=cpus, work=work, device=args.device, batch=batch))
+            results.append(suite("full", args.model, DiffSegConfig(resolution=args.resolution), files,
+                                 shard_size=max(2, 4 * batch), cpus=cpus, work=work, device=args.device, batch=batch))
         if "tiny" in args.suite:
             files = tiny_photos(work / "tiny", args.tiny_images)
             results.append(suite("tiny", "tiny", DiffSegConfig(resolution=128), files, shard_size=100, cpus=1,

@@ -14,7 +14,10 @@ segments (the order of what the paper's images give).
 
     python benchmarks/bench_methods.py [--device cpu|cuda] [--dtype float32] [--batch 1]
                                        [--cases sd15-diffseg sd15-diffcut ssd1b-diffcut ssd1b-diffseg]
-                                       [--repeat 2] [--json FILE]
+                                       [--repeat 2] [--tiny] [--resolution PX] [--json FILE]
+
+`--tiny` runs every case on the built-in tiny model of the same layout instead (`tiny` for SD 1.5, `tiny-xl` for
+SSD-1B): with `--resolution 128`, a smoke run of every case in seconds, whose figures mean nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import argparse
 import json
 import platform
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -42,6 +46,8 @@ CASES = {
 }
 """Model and settings of each case."""
 PLANTED_SEGMENTS = 12
+TINY_MODELS = {"sd15-random": "tiny", "ssd1b-random": "tiny-xl"}
+"""`--tiny`: the built-in tiny model with each full-size model's layout."""
 
 
 def planted_features(like: torch.Tensor, segments: int = PLANTED_SEGMENTS) -> torch.Tensor:
@@ -55,19 +61,23 @@ def planted_features(like: torch.Tensor, segments: int = PLANTED_SEGMENTS) -> to
     return (directions[bands] + noise).to(like.device, like.dtype)
 
 
-def run_case(name: str, device: torch.device, dtype: torch.dtype, batch: int, repeat: int) -> dict:
-    """The case's timings and memory (see the module's docstring)."""
+def run_case(name: str, device: torch.device, dtype: torch.dtype, batch: int, repeat: int, tiny: bool = False,
+             resolution: int | None = None) -> dict:
+    """The case's timings and memory (see the module's docstring); `tiny`: on the tiny model of its layout;
+    `resolution`: at that processing size (px) instead of the case's."""
     model, config = CASES[name]
+    model = TINY_MODELS[model] if tiny else model
+    config = replace(config, resolution=resolution) if resolution else config
     segmenter = DiffSeg.from_pretrained(model, config=config, device=device, dtype=dtype)
     images = [segmenter.prepare(photo(1200, 900, seed=seed)) for seed in range(batch)]
     reset_peak(device)
-    evidence = segmenter.forward_batch(images, batch)
-    if config.method == "diffcut":
-        evidence = [planted_features(features) for features in evidence]
+    forwards = segmenter.forward_batch(images, batch)
+    if config.method == "diffcut":  # each forward's evidence is its features (h, w, C)
+        forwards = [forward._replace(evidence=planted_features(forward.evidence)) for forward in forwards]
     times = timed({"forward": lambda: segmenter.forward_batch(images, batch),
-                   "post": lambda: segmenter.label_batch_scored(images, evidence)}, repeat, device)
+                   "post": lambda: segmenter.label_batch_scored(images, forwards)}, repeat, device)
     forward_ms, post_ms = min(times["forward"]), min(times["post"])
-    segments = [int(result.labels.max()) + 1 for result in segmenter.label_batch_scored(images, evidence)]
+    segments = [int(result.labels.max()) + 1 for result in segmenter.label_batch_scored(images, forwards)]
     return {"case": name, "model": model, "method": config.method, "resolution": config.resolution,
             "batch": batch, "forward_ms": forward_ms, "post_ms": post_ms,
             "images_per_s": 1000 * batch / (forward_ms + post_ms), "peak_gib": peak_gib(device),
@@ -81,6 +91,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--tiny", action="store_true", help="the tiny built-in models (for a smoke run)")
+    parser.add_argument("--resolution", type=int, default=None, help="processing size in px; default: the case's")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -89,7 +101,7 @@ def main() -> None:
           f"threads {torch.get_num_threads()}, device {device}, {args.dtype}", flush=True)
     results = []
     for name in args.cases:
-        result = run_case(name, device, DTYPES[args.dtype], args.batch, args.repeat)
+        result = run_case(name, device, DTYPES[args.dtype], args.batch, args.repeat, args.tiny, args.resolution)
         results.append(result)
         print(f"{name}: {result['resolution']} px, batch {args.batch}: (a) forward {result['forward_ms']:.0f} ms | "
               f"(b) post-processing with scores {result['post_ms']:.0f} ms | {result['images_per_s']:.3f} images/s | "

@@ -23,7 +23,7 @@ def planted_attention(seed: int) -> torch.Tensor:
 
 
 def reference_walk(close: torch.Tensor) -> torch.Tensor:
-    """The later passes' walk as DESIGN.md states it, element by element, on the `(K, K)` bool closeness (row i:
+    """The later passes' walk as the paper states it, element by element, on the `(K, K)` bool closeness (row i:
     which proposals are within the threshold of proposal i): `(G, K)` bool, one row per group in the order
     emitted."""
     rows = close.tolist()
