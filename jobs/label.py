@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
@@ -24,6 +25,9 @@ from pipeline.labeling.capacity import GIB  # noqa: E402
 from pipeline.labeling.job import LabelJob  # noqa: E402
 from pipeline.labeling.sources import FORMATS, ParquetColumns  # noqa: E402
 from pipeline.labeling.storage import StorageError, parse_storage_options  # noqa: E402
+
+if TYPE_CHECKING:
+    from pipeline.labeling.driver import Summary
 
 
 def parser() -> argparse.ArgumentParser:
@@ -66,6 +70,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--startup-timeout", type=float, default=0,
                    help="seconds to wait for an autoscaling cluster to add the nodes the actors need (default 0: "
                         "the resources must be there now)")
+    p.add_argument("--relabel-changed", action="store_true",
+                   help="relabel input files that changed since they were labeled (each whole shard holding one, "
+                        "replacing its mask file); default: only report them")
     p.add_argument("--storage-options", default=None, help="JSON object of fsspec options for input and output")
     p.add_argument("--address", default=None,
                    help="Ray cluster address, or auto for a running local one (default: RAY_ADDRESS, else a new "
@@ -96,7 +103,7 @@ def job_from_args(args: argparse.Namespace) -> LabelJob:
                     batch_size=args.batch_size, dtype=args.dtype, max_pixels=args.max_pixels,
                     descriptors=args.descriptors,
                     max_retries=args.max_retries, retry_delay=args.retry_delay, startup_timeout=args.startup_timeout,
-                    storage_options=parse_storage_options(args.storage_options))
+                    relabel_changed=args.relabel_changed, storage_options=parse_storage_options(args.storage_options))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -120,13 +127,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         disconnect()
-    print(f"{summary.images_ok} image(s) labeled, {summary.images_failed} failed, "
-          f"{summary.shards_written} shard(s) written, {summary.shards_skipped} already done, "
-          f"{summary.shards_failed} failed; masks in {summary.output}"
+    print(f"{summary.files_new} new input file(s) found, {summary.images_ok} image(s) labeled, "
+          f"{summary.images_failed} failed, {summary.shards_written} shard(s) written, {summary.shards_skipped} "
+          f"already done, {summary.shards_failed} failed; masks in {summary.output}" + _changes_line(summary)
           + (f"; {summary.files_ignored} file(s) under the input are not of its kind and were ignored"
              if summary.files_ignored else ""), file=sys.stderr)
     print(json.dumps(summary.to_dict()), flush=True)
     return 1 if summary.shards_failed else 0
+
+
+def _changes_line(summary: Summary) -> str:
+    """The part of the last stderr line about input files that changed or vanished since they were labeled."""
+    if not summary.changes:
+        return ""
+    action = ("the changed ones relabeled; " if summary.files_relabeled
+              else "--relabel-changed relabels the changed ones; " if summary.files_changed else "")
+    return (f"; {summary.files_changed} file(s) changed and {summary.files_vanished} vanished since they were "
+            f"labeled ({action}listed in {summary.changes})")
 
 
 if __name__ == "__main__":

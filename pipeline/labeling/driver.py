@@ -1,7 +1,9 @@
 """The labeling job's driver: plans shards, runs a pool of `LabelWorker` Ray actors over them, and reports.
 
-Exactly once: a shard is skipped when its `_done/` marker exists, and is otherwise (re)written whole
-under the same name, so re-running after any failure finishes the remaining shards without duplicates.
+Exactly once, per input file: each `_done/` marker records the input files its shard covers, and a run puts
+only the files that no finished shard covers into new shards (under names no finished shard has), so re-running
+after any failure, or after the input grew, labels every file once. Covered files that changed or vanished
+since are reported, and relabeled (their whole shard, under its own name) only when the job asks.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from diffseg import ModelLoadError
 from .capacity import Actors, ActorShape, JobError, Node, actor_shape, cluster_summary, fit
 from .job import LabelJob
 from .output import OutputDataset
-from .sources import Shard, inventory
+from .sources import Change, Coverage, Shard, SourceFile, compare, listing, next_part, redo, shards
 from .storage import Location
 from .worker import LabelWorker, Placement, WorkerSettings
 
@@ -71,6 +73,19 @@ class Summary:
     run_id: str = ""
     failed: list[dict[str, str]] = field(default_factory=list)
     """`{"shard": name, "error": last error}` for each shard that failed for good."""
+    files_new: int = 0
+    """Input files that no finished shard covered: labeled by this run (in new shards)."""
+    files_changed: int = 0
+    """Covered input files whose size, etag or mtime changed since their shard was written (relabeled only with
+    `LabelJob.relabel_changed`)."""
+    files_vanished: int = 0
+    """Covered input files that are gone from the input (their rows stay, unless their shard is redone)."""
+    files_relabeled: int = 0
+    """Changed files whose shards this run redoes (`LabelJob.relabel_changed`)."""
+    changes: str = ""
+    """URI of the listing of the changed and vanished files (`_changes/RUN_ID.json`); "" when there are none."""
+    unfinished_removed: int = 0
+    """Mask files without a `_done/` marker (left by a run stopped between the two writes) deleted by this run."""
     in_flight_peak: int = 0
     """Most shards handed to actors at once (at most `IN_FLIGHT_PER_ACTOR` per actor): the driver's backlog
     and the object store's load stay bounded whatever the size of the input."""
@@ -126,10 +141,14 @@ class Plan:
     job: LabelJob
     source: Location
     output: OutputDataset
-    shards: list[Shard]
     todo: list[Shard]
+    """Shards of the files no finished shard covers, then (with `relabel_changed`) finished shards to redo."""
+    skipped: int
+    """Finished shards left as they are."""
+    coverage: Coverage
+    """The input's files compared with those the finished shards cover."""
     ignored: int
-    """Files under the input left out (see `Inventory.ignored`)."""
+    """Files under the input left out (see `Listing.ignored`)."""
     identity: dict[str, Any]
     """What the output's manifest must match (the model's identity is added when a replica reports it)."""
     started: float = field(default_factory=time.perf_counter)
@@ -137,7 +156,11 @@ class Plan:
 
 
 def plan(job: LabelJob) -> Plan:
-    """List the input and the output's finished shards; needs no Ray.
+    """List the input and the files the output's finished shards cover; needs no Ray.
+
+    The files no finished shard covers make new shards, numbered after the finished ones (never from their
+    position in the listing, which shifts when files are added); with `job.relabel_changed` the finished
+    shards holding changed files are redone too.
 
     Raises:
         InputError, StorageError: the input cannot be listed or holds nothing usable.
@@ -146,13 +169,15 @@ def plan(job: LabelJob) -> Plan:
     started = time.perf_counter()
     source = Location(job.input, job.storage_options)
     dataset = OutputDataset(Location(job.output, job.storage_options))
-    found = inventory(source, job.input_format, job.shard_size, job.columns)
-    shards = found.shards
-    identity = _identity(job, source, shards)
+    found = listing(source, job.input_format, job.columns)
+    identity = _identity(job, source, found.format)
     dataset.check(identity)
-    done = dataset.done()
-    return Plan(job, source, dataset, shards, [shard for shard in shards if shard.name not in done],
-                found.ignored, identity, started)
+    recorded = dataset.recorded()
+    coverage = compare(recorded, found.files)
+    fresh = shards(found.format, coverage.new, job.shard_size, first=next_part(recorded))
+    redone = redo(recorded, coverage.changed, found.files, found.format) if job.relabel_changed else []
+    return Plan(job, source, dataset, fresh + redone, len(recorded) - len(redone), coverage, found.ignored,
+                identity, started)
 
 
 def execute(planned: Plan, progress: bool = True, worker: type[LabelWorker] = LabelWorker) -> Summary:
@@ -168,8 +193,14 @@ def execute(planned: Plan, progress: bool = True, worker: type[LabelWorker] = La
     """
     started = planned.started
     output = planned.output.location
-    summary = Summary(shards_skipped=len(planned.shards) - len(planned.todo), files_ignored=planned.ignored,
-                      output=output.uri(""), run_id=uuid.uuid4().hex)
+    coverage = planned.coverage
+    summary = Summary(shards_skipped=planned.skipped, files_ignored=planned.ignored, output=output.uri(""),
+                      run_id=uuid.uuid4().hex, files_new=len(coverage.new), files_changed=len(coverage.changed),
+                      files_vanished=len(coverage.vanished),
+                      files_relabeled=len(coverage.changed) if planned.job.relabel_changed else 0)
+    summary.unfinished_removed = len(planned.output.remove_unfinished())
+    if coverage.changed or coverage.vanished:
+        summary.changes = planned.output.write_changes(summary.run_id, _changes(planned, summary.run_id))
     if planned.todo:
         starting = time.perf_counter()
         actors, model = _start_actors(planned.job, planned.source, output, len(planned.todo), worker)
@@ -189,11 +220,29 @@ def run(job: LabelJob, progress: bool = True) -> Summary:
     return execute(plan(job), progress)
 
 
-def _identity(job: LabelJob, source: Location, shards: list[Shard]) -> dict[str, Any]:
+def _changes(planned: Plan, run_id: str) -> dict[str, Any]:
+    """The listing of the changed and vanished input files that `_changes/RUN_ID.json` holds."""
+    return {"run_id": run_id, "input": planned.source.uri(""), "relabeled": planned.job.relabel_changed,
+            "changed": [_change(change) for change in planned.coverage.changed],
+            "vanished": [_change(change) for change in planned.coverage.vanished]}
+
+
+def _change(change: Change) -> dict[str, Any]:
+    entry = {"key": change.recorded.key, "shard": change.shard, "recorded": _version(change.recorded)}
+    if change.now is not None:
+        entry["now"] = _version(change.now)
+    return entry
+
+
+def _version(file: SourceFile) -> dict[str, Any]:
+    return {"size": file.size, "etag": file.etag, "mtime": file.mtime}
+
+
+def _identity(job: LabelJob, source: Location, input_format: str) -> dict[str, Any]:
     """What every file of an output must share; the model's identity is added once a replica reports it."""
     return {"config": job.config.to_dict(), "config_hash": job.config.config_hash(), "input": source.uri(""),
-            "input_format": shards[0].format, "columns": asdict(job.columns),
-            "shard_size": job.shard_size if shards[0].format == "images" else None,
+            "input_format": input_format, "columns": asdict(job.columns),
+            "shard_size": job.shard_size if input_format == "images" else None,
             # None rather than False when not asked: what a manifest from before descriptors existed reads as.
             "descriptors": True if job.descriptors else None}
 

@@ -52,4 +52,7 @@ class LabelJob:
     """Seconds to wait for the cluster to host the actors. 0: the cluster must have the resources now (the job
     is refused otherwise); more: an autoscaling cluster may add the nodes first (actor requests are what make
     it scale up), and the job is refused if they are not there in time."""
+    relabel_changed: bool = False
+    """Redo the finished shards holding input files that changed since they were written (each such shard whole,
+    under its own name, so its new mask file replaces the old one); otherwise they are only reported."""
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)

@@ -4,8 +4,11 @@ Layout under the output URL (names starting with `_` are bookkeeping that datase
 
     SHARD.parquet           masks of one input shard (SHARD may contain '/': tar and Parquet inputs
                             keep their folder layout)
-    _done/SHARD.json        written after SHARD.parquet is complete: the shard is finished
+    _done/SHARD.json        written after SHARD.parquet is complete: the shard is finished, and the input
+                            files it covers (key, size, etag or mtime)
     _diffseg.json           the manifest: the settings every file here was made with
+    _changes/RUN_ID.json    input files that changed or vanished since the shard covering them was written,
+                            as the run RUN_ID found them
 
 This module is the format's one writer and one reader: `OutputDataset` writes shards and reads rows, the
 manifest and provenance back; `decode_mask` is the one decoder of a mask PNG (`diffseg.visualize.label_png`
@@ -29,7 +32,7 @@ from PIL import Image
 
 from diffseg import DiffSegConfig
 
-from .sources import ParquetColumns
+from .sources import ParquetColumns, SourceFile
 from .storage import Location, StorageError
 
 SCHEMA = pa.schema([
@@ -54,6 +57,7 @@ METADATA_KEY = "diffseg"
 """Parquet footer key holding the JSON provenance of a mask file."""
 MANIFEST = "_diffseg.json"
 DONE = "_done"
+CHANGES = "_changes"
 FILE = "__filename"
 """Not a column of the files: asked for among the columns of `OutputDataset.rows` or `.take`, the mask file the
 row is in, relative to the output (what `OutputDataset.provenance` takes)."""
@@ -168,14 +172,68 @@ class OutputDataset:
     def write(self, shard: str, rows: Sequence[Any], provenance: dict[str, Any]) -> dict[str, Any]:
         """Write the shard's mask file (`rows` as `encode_shard` takes them) in one piece, then its marker, and
         return the marker. A retry after a crash between the two rewrites the same file name, so a shard never
-        appears twice."""
+        appears twice. The marker lists the input files the shard covers (`provenance["shard"]["files"]`, when
+        given), so that the next run knows them from the markers alone (`recorded`)."""
         self.location.write(f"{shard}.parquet", encode_shard(rows, provenance, self.schema))
         marker = {"shard": shard, "file": f"{shard}.parquet", "rows": len(rows),
                   "images_ok": sum(row.status == "ok" for row in rows),
                   "images_failed": sum(row.status != "ok" for row in rows),
                   "run_id": provenance.get("run_id"), "created": provenance.get("created")}
+        covered = provenance.get("shard", {}).get("files")
+        if covered is not None:
+            marker["files"] = [{key: file.get(key) for key in ("key", "size", "etag", "mtime")} for file in covered]
         self.location.write(f"{DONE}/{shard}.json", json.dumps(marker).encode())
         return marker
+
+    def recorded(self) -> dict[str, tuple[SourceFile, ...]]:
+        """Each finished shard and the input files it covers, as they were when it was written.
+
+        Read from the `_done/` markers (one small file per shard, fetched together); a marker written before
+        markers listed files is completed from its mask file's footer (the provenance's `shard.files`).
+
+        Raises:
+            StorageError: a marker, or the footer an old marker needs, cannot be read.
+        """
+        paths = [self.location.path(key) for key in sorted(self.location.files(DONE)) if key.endswith(".json")]
+        if not paths:
+            return {}
+        try:
+            markers = [json.loads(data) for data in self.location.fs.cat(paths).values()]
+        except (OSError, ValueError) as error:
+            raise StorageError(f"{self.location.url}: cannot read the {DONE} markers ({error})") from None
+        return {marker["shard"]: self._covered(marker) for marker in markers}
+
+    def _covered(self, marker: dict[str, Any]) -> tuple[SourceFile, ...]:
+        """The input files a marker's shard covers: its own list, else its mask file's provenance."""
+        if "files" in marker:
+            return tuple(SourceFile(f["key"], f["size"], f["etag"], f.get("mtime")) for f in marker["files"])
+        provenance = self.provenance(marker["file"])
+        files, root = provenance.get("shard", {}).get("files"), provenance.get("input", "").rstrip("/") + "/"
+        if files is None:
+            raise StorageError(f"{self.location.url}: {marker['file']} does not record which input files it covers "
+                               "(written by an older version); label into another --output")
+        return tuple(SourceFile(f.get("key") or f["uri"].removeprefix(root), f["size"], f["etag"], f.get("mtime"))
+                     for f in files)
+
+    def remove_unfinished(self) -> list[str]:
+        """Delete the mask files that have no `_done/` marker and return their names: what a run stopped between
+        writing a mask file and its marker leaves. Readers would see their rows, and the files they cover go to
+        new shards, so keeping them would show those images twice."""
+        found = self.location.files()
+        done = {f"{key[len(DONE) + 1:].removesuffix('.json')}.parquet" for key in found
+                if key.startswith(f"{DONE}/") and key.endswith(".json")}
+        unfinished = sorted(key for key in found if key.endswith(".parquet") and key not in done
+                            and not any(part.startswith(("_", ".")) for part in key.split("/")))
+        if unfinished:
+            self.location.fs.rm([self.location.path(key) for key in unfinished])
+        return unfinished
+
+    def write_changes(self, run_id: str, changes: dict[str, Any]) -> str:
+        """Write `changes` (what a run found changed or vanished in the input) as `_changes/RUN_ID.json`; returns
+        its URI."""
+        name = f"{CHANGES}/{run_id}.json"
+        self.location.write(name, json.dumps(changes, indent=1).encode())
+        return self.location.uri(name)
 
     def manifest(self) -> dict[str, Any]:
         """The manifest: the settings every mask file here was made with.

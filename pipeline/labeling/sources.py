@@ -1,14 +1,16 @@
 """Input datasets as shards: folders of image files, WebDataset `.tar` shards, or Parquet files of image bytes.
 
 A shard is the unit of work and of output: one input shard gives one mask Parquet file. Planning is
-deterministic: the same input always gives the same shards, with the same names.
+deterministic: the same input always gives the same shards, with the same names. An input that grows is compared
+with what earlier runs recorded (`compare`): only its new files make new shards, so no file is labeled twice.
 """
 
 from __future__ import annotations
 
 import posixpath
+import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +44,9 @@ class SourceFile:
     size: int | None
     etag: str | None
     """Object-store entity tag, when the store gives one."""
+    mtime: float | None = None
+    """Modification time (seconds since the epoch), kept only where the store gives no etag (local disks): what
+    tells a file rewritten at the same size (tars are padded to 10 KiB blocks) from the one a shard covers."""
 
 
 @dataclass(frozen=True)
@@ -49,15 +54,16 @@ class Shard:
     """A unit of work: some input files whose images go to one output file."""
 
     name: str
-    """Output name without suffix: `part-00000` for image folders, the file's key without suffix otherwise."""
+    """Output name without suffix: `part-00000` for image folders (numbered on after an output's finished shards),
+    the file's key without suffix otherwise."""
     format: str
     """"images" (files are images), "tar" (one WebDataset tar) or "parquet" (one Parquet file)."""
     files: tuple[SourceFile, ...]
 
     def identity(self, source: Location) -> dict[str, Any]:
-        """Provenance of the shard's input: format and each file's URI with its size and etag."""
-        return {"format": self.format, "files": [{"uri": source.uri(f.key), "size": f.size, "etag": f.etag}
-                                                 for f in self.files]}
+        """Provenance of the shard's input: format and each file's key and URI with its size, etag and mtime."""
+        return {"format": self.format, "files": [{"key": f.key, "uri": source.uri(f.key), "size": f.size,
+                                                  "etag": f.etag, "mtime": f.mtime} for f in self.files]}
 
 
 @dataclass(frozen=True)
@@ -89,13 +95,58 @@ class ParquetColumns:
     """None: `ID_COLUMN` when present, else `FILE#ROW`."""
 
 
-def inventory(source: Location, input_format: str = "auto", shard_size: int = 1000,
-         columns: ParquetColumns = ParquetColumns()) -> Inventory:
-    """The shards of the dataset at `source`, in a stable order, and how many files were left out.
+@dataclass(frozen=True)
+class Listing:
+    """The files of one kind found under an input."""
 
-    Image folders are searched recursively and split into shards of `shard_size` images by sorted key;
-    every `.tar` or `.parquet` file is a shard of its own. Hidden files and folders, and files of other kinds,
-    are left out and counted.
+    format: str
+    """"images", "tar" or "parquet"."""
+    files: list[SourceFile]
+    """Sorted by key."""
+    ignored: int = 0
+    """Files under the input that are not of its kind (other extensions, hidden files): counted, never read."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """An input file that a finished shard covers, and that changed or vanished since that shard was written."""
+
+    shard: str
+    recorded: SourceFile
+    """The file as the shard recorded it."""
+    now: SourceFile | None
+    """The file as listed now; None when it vanished."""
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """An input's files compared with those that finished shards cover (`compare`)."""
+
+    new: list[SourceFile]
+    """Files no finished shard covers, sorted by key: the next shards."""
+    changed: list[Change]
+    """Covered files whose size, etag or mtime differs from the recorded one."""
+    vanished: list[Change]
+    """Covered files that are no longer listed."""
+
+
+def inventory(source: Location, input_format: str = "auto", shard_size: int = 1000,
+              columns: ParquetColumns = ParquetColumns()) -> Inventory:
+    """The shards of the dataset at `source`, in a stable order, and how many files were left out (`listing`,
+    then `shards`).
+
+    Raises:
+        InputError: see `listing`; or `shard_size` is below 1.
+    """
+    found = listing(source, input_format, columns)
+    return Inventory(shards(found.format, found.files, shard_size), found.ignored)
+
+
+def listing(source: Location, input_format: str = "auto", columns: ParquetColumns = ParquetColumns()) -> Listing:
+    """The input files of the dataset at `source`, sorted by key, and how many files were left out.
+
+    Image folders are searched recursively. Hidden files and folders, and files of other kinds, are left out
+    and counted.
 
     Raises:
         InputError: `source` does not exist or holds nothing usable, several kinds of input are mixed with
@@ -103,8 +154,6 @@ def inventory(source: Location, input_format: str = "auto", shard_size: int = 10
     """
     if input_format not in FORMATS:
         raise InputError(f"--input-format must be one of {', '.join(FORMATS)}, got {input_format!r}")
-    if shard_size < 1:
-        raise InputError(f"--shard-size must be at least 1, got {shard_size}")
     found = source.files()
     if not found and not source.exists(""):
         raise InputError(f"{source.url} does not exist")
@@ -112,7 +161,9 @@ def inventory(source: Location, input_format: str = "auto", shard_size: int = 10
     for key, info in sorted(found.items()):
         kind = _SUFFIX_FORMATS.get(posixpath.splitext(key)[1].lower())
         if kind and not any(part.startswith(".") for part in key.split("/")):
-            by_format.setdefault(kind, []).append(SourceFile(key, info.get("size"), _etag(info)))
+            etag = _etag(info)
+            mtime = None if etag else info.get("mtime")
+            by_format.setdefault(kind, []).append(SourceFile(key, info.get("size"), etag, mtime))
     if input_format == "auto":
         if len(by_format) > 1:
             raise InputError(f"{source.url} holds {' and '.join(sorted(by_format))} files; "
@@ -123,15 +174,67 @@ def inventory(source: Location, input_format: str = "auto", shard_size: int = 10
         wanted = {"images": "image files (" + ", ".join(IMAGE_SUFFIXES) + ")", "tar": ".tar files",
                   "parquet": ".parquet files"}[input_format]
         raise InputError(f"no {wanted} under {source.url}")
-    ignored = len(found) - len(files)
-    if input_format == "images":
-        width = max(5, len(str(len(files) // shard_size)))
-        return Inventory([Shard(f"part-{index:0{width}d}", "images", tuple(files[start:start + shard_size]))
-                          for index, start in enumerate(range(0, len(files), shard_size))], ignored)
     if input_format == "parquet":
         with source.fs.open(source.path(files[0].key), "rb") as first:
             image_column(source, files[0].key, pq.read_schema(first), columns)
-    return Inventory([Shard(posixpath.splitext(f.key)[0], input_format, (f,)) for f in files], ignored)
+    return Listing(input_format, files, len(found) - len(files))
+
+
+def shards(input_format: str, files: list[SourceFile], shard_size: int, first: int = 0) -> list[Shard]:
+    """`files` (sorted by key) as shards: every `.tar` or `.parquet` file a shard of its own, named by its key;
+    image files in shards of `shard_size` named `part-NNNNN`, numbered from `first` (see `next_part`).
+
+    Raises:
+        InputError: `shard_size` is below 1.
+    """
+    if shard_size < 1:
+        raise InputError(f"--shard-size must be at least 1, got {shard_size}")
+    if input_format != "images":
+        return [Shard(posixpath.splitext(f.key)[0], input_format, (f,)) for f in files]
+    width = max(5, len(str(first + len(files) // shard_size)))
+    return [Shard(f"part-{first + index:0{width}d}", "images", tuple(files[start:start + shard_size]))
+            for index, start in enumerate(range(0, len(files), shard_size))]
+
+
+def next_part(names: Iterable[str]) -> int:
+    """The first image-shard number after those of `names`: new shards never take a finished shard's name."""
+    numbers = [int(found[1]) for name in names if (found := re.fullmatch(r"part-(\d+)", name))]
+    return max(numbers, default=-1) + 1
+
+
+def compare(recorded: dict[str, tuple[SourceFile, ...]], files: list[SourceFile]) -> Coverage:
+    """Which of `files` (listed now) no finished shard covers, and which covered files changed or vanished.
+
+    `recorded` maps each finished shard to the files it covers, as they were when it was written. A file
+    counts as changed when its size, etag or (without etags: local disks) modification time differs from the
+    recorded one, where both sides know it.
+    """
+    covered = {f.key: (shard, f) for shard, members in recorded.items() for f in members}
+    new, changed = [], []
+    for file in files:
+        shard, was = covered.pop(file.key, (None, None))
+        if was is None:
+            new.append(file)
+        elif _differs(was, file):
+            changed.append(Change(shard, was, file))
+    vanished = [Change(shard, was, None) for _, (shard, was) in sorted(covered.items())]
+    return Coverage(new, changed, vanished)
+
+
+def redo(recorded: dict[str, tuple[SourceFile, ...]], changed: list[Change], files: list[SourceFile],
+         input_format: str) -> list[Shard]:
+    """The finished shards holding `changed` files, to be written again whole under their own names (so their
+    new mask file replaces the old one and no image appears twice): their recorded files still listed, as
+    listed now. Files of theirs that vanished are left out."""
+    listed = {f.key: f for f in files}
+    names = sorted({change.shard for change in changed})
+    return [Shard(name, input_format, tuple(listed[f.key] for f in recorded[name] if f.key in listed))
+            for name in names]
+
+
+def _differs(was: SourceFile, now: SourceFile) -> bool:
+    return any(old is not None and new is not None and old != new
+               for old, new in ((was.size, now.size), (was.etag, now.etag), (was.mtime, now.mtime)))
 
 
 def read(shard: Shard, source: Location, columns: ParquetColumns = ParquetColumns()) -> Iterator[Record]:

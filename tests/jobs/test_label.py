@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.labeling.output import decode_descriptors
+from synthetic.photos import photo
 from tests.cluster import free_port, start_ray_head, stop
-from tests.pipeline.labeling.data import good_images, read_output, tar_bytes, write_files
+from tests.pipeline.labeling.data import encoded, good_images, read_output, tar_bytes, write_files
 
 ROOT = Path(__file__).resolve().parents[2]
 LABEL = str(ROOT / "jobs" / "label.py")
@@ -166,3 +167,32 @@ def test_descriptors_are_written_when_asked_and_outputs_never_mix_with_and_witho
     refused = label(*args)
     assert refused.returncode == 2
     assert "already holds masks made with a different descriptors" in refused.stderr
+
+
+@pytest.mark.integration
+def test_a_folder_that_grew_between_runs_ends_with_every_image_exactly_once(tmp_path, ray_cluster):
+    """The issue's case: 20 PNGs in shards of 5, then 20 more whose names sort between them."""
+    first = {f"img-{2 * i:03d}.png": encoded(photo(32, 24, seed=i)) for i in range(20)}
+    between = {f"img-{2 * i + 1:03d}.png": encoded(photo(24, 32, seed=20 + i)) for i in range(20)}
+    write_files(tmp_path / "in", first)
+    args = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--shard-size", "5", *FAST]
+    assert label(*args).returncode == 0
+    write_files(tmp_path / "in", between)
+    grown = label(*args)
+    assert grown.returncode == 0, grown.stderr
+    summary = summary_of(grown)
+    assert {k: summary[k] for k in ("files_new", "files_changed", "files_vanished", "shards_written",
+                                    "shards_skipped", "images_ok")} == {
+        "files_new": 20, "files_changed": 0, "files_vanished": 0, "shards_written": 4, "shards_skipped": 4,
+        "images_ok": 20}
+    assert grown.stderr.splitlines()[-1].startswith("20 new input file(s) found, 20 image(s) labeled, ")
+    ids = [row["image_id"] for row in read_output(str(tmp_path / "out"))]
+    assert sorted(ids) == sorted({**first, **between}) and len(set(ids)) == 40
+
+    (tmp_path / "in" / "img-013.png").unlink()
+    reported = label(*args)
+    assert reported.returncode == 0, reported.stderr
+    changes = summary_of(reported)["changes"]
+    assert reported.stderr.strip().endswith(f"; 0 file(s) changed and 1 vanished since they were labeled (listed in "
+                                            f"{changes})")
+    assert json.loads(Path(changes.removeprefix("file://")).read_text())["vanished"][0]["key"] == "img-013.png"

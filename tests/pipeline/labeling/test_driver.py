@@ -1,12 +1,15 @@
 """The labeling job on a real local Ray cluster, with real files on local disk and on a real S3 endpoint."""
 
+import dataclasses
 import io
+import json
 import os
 import signal
 import subprocess
 import threading
 import time
 
+import fsspec
 import numpy as np
 import pytest
 import s3fs
@@ -297,3 +300,143 @@ def test_a_line_comes_while_no_shard_finishes(tmp_path, monkeypatch, capfd):
     assert summary.images_ok == 1
     assert "1 shard(s) in progress on 1 actor(s), 0 of 1 done, 0 waiting to be retried; no shard finished in the " \
            "last 1 s" in capfd.readouterr().err
+
+
+def counts(summary: driver.Summary) -> dict[str, int]:
+    """What a run found in the input and did, in numbers."""
+    return {name: getattr(summary, name) for name in ("files_new", "files_changed", "files_vanished",
+                                                     "files_relabeled", "shards_written", "shards_skipped")}
+
+
+def changes_of(summary: driver.Summary) -> dict:
+    """The `_changes/RUN_ID.json` listing the summary names, read back from where it was written."""
+    fs, path = fsspec.core.url_to_fs(summary.changes)
+    return json.loads(fs.cat_file(path))
+
+
+def test_a_grown_folder_gets_exactly_its_new_files_labeled_in_new_shards(tmp_path):
+    """New files whose names sort before, between and after the labeled ones: each image once, finished shards
+    untouched (shards are no longer slices of a listing that shifts)."""
+    first = good_images(6)
+    write_files(tmp_path / "in", first)
+    run(job(str(tmp_path / "in"), str(tmp_path / "out")), progress=False)
+    written = {f: f.stat().st_mtime_ns for f in (tmp_path / "out").glob("*.parquet")}
+    added = {"a-before.png": encoded(photo(40, 30, seed=20)), "img-002b.png": encoded(photo(30, 40, seed=21)),
+             "img-004b.jpg": encoded(photo(48, 32, seed=22), "JPEG"), "z-after.png": encoded(photo(32, 32, seed=23))}
+    write_files(tmp_path / "in", added)
+    grown = run(job(str(tmp_path / "in"), str(tmp_path / "out")), progress=False)
+    assert counts(grown) == {"files_new": 4, "files_changed": 0, "files_vanished": 0, "files_relabeled": 0,
+                             "shards_written": 1, "shards_skipped": 2}
+    assert (grown.images_ok, grown.changes) == (4, "")
+    assert {f: f.stat().st_mtime_ns for f in written} == written
+    assert sorted(f.name for f in (tmp_path / "out").glob("*.parquet")) == [
+        "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert_masks_match_images(read_output(str(tmp_path / "out")), {**first, **added})
+    again = run(job(str(tmp_path / "in"), str(tmp_path / "out")), progress=False)
+    assert (again.files_new, again.shards_written, again.shards_skipped) == (0, 0, 3)
+
+
+def test_a_changed_and_a_deleted_file_on_s3_are_reported_and_the_changed_one_relabeled_when_asked(bucket):
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    images = good_images(6)
+    for name, data in images.items():
+        fs.pipe_file(f"{bucket}/photos/{name}", data)
+    labeling = job(f"s3://{bucket}/photos", f"s3://{bucket}/masks", shard_size=3)
+    run(labeling, progress=False)
+    changed = encoded(photo(56, 40, seed=30))  # another size: its mask shows which version was labeled
+    fs.pipe_file(f"{bucket}/photos/img-001.jpg", changed)
+    fs.rm(f"{bucket}/photos/img-004.png")
+
+    reported = run(labeling, progress=False)
+    assert counts(reported) == {"files_new": 0, "files_changed": 1, "files_vanished": 1, "files_relabeled": 0,
+                                "shards_written": 0, "shards_skipped": 2}
+    assert reported.changes == f"s3://{bucket}/masks/_changes/{reported.run_id}.json"
+    listing = changes_of(reported)
+    assert [(c["key"], c["shard"], c["recorded"]["etag"] != c["now"]["etag"]) for c in listing["changed"]] == [
+        ("img-001.jpg", "part-00000", True)]
+    assert [(v["key"], v["shard"]) for v in listing["vanished"]] == [("img-004.png", "part-00001")]
+    assert listing["relabeled"] is False
+    assert_masks_match_images(read_output(f"s3://{bucket}/masks"), images)  # the rows made before stay
+
+    relabeled = run(dataclasses.replace(labeling, relabel_changed=True), progress=False)
+    assert counts(relabeled) == {"files_new": 0, "files_changed": 1, "files_vanished": 1, "files_relabeled": 1,
+                                 "shards_written": 1, "shards_skipped": 1}
+    assert (relabeled.images_ok, changes_of(relabeled)["relabeled"]) == (3, True)
+    assert_masks_match_images(read_output(f"s3://{bucket}/masks"), {**images, "img-001.jpg": changed})
+    settled = run(labeling, progress=False)
+    assert (settled.files_changed, settled.files_vanished, settled.shards_written) == (0, 1, 0)
+
+
+def test_a_new_tar_is_a_new_shard_and_a_rewritten_tar_is_reported_then_relabeled_when_asked(tmp_path):
+    """A tar rewritten at the same size (tars are padded to 10 KiB blocks) is still a change on a local disk."""
+    def bitmaps(seed: int) -> dict[str, bytes]:  # BMP: the same bytes whatever the picture, for a same-size tar
+        return {f"img-b{i}.bmp": encoded(photo(48, 32, seed=seed + i), "BMP") for i in range(2)}
+
+    first, second, third = good_images(2), bitmaps(0), good_images(2, start=4)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "000.tar").write_bytes(tar_bytes(first))
+    (tmp_path / "in" / "001.tar").write_bytes(tar_bytes(second))
+    labeling = job(str(tmp_path / "in"), str(tmp_path / "out"))
+    run(labeling, progress=False)
+    rewritten = bitmaps(40)
+    os.utime(tmp_path / "in" / "001.tar", ns=(0, 10**9))  # the rewrite below then has another mtime, however coarse
+    old_size = (tmp_path / "in" / "001.tar").stat().st_size
+    (tmp_path / "in" / "001.tar").write_bytes(tar_bytes(rewritten))
+    assert (tmp_path / "in" / "001.tar").stat().st_size == old_size
+    (tmp_path / "in" / "002.tar").write_bytes(tar_bytes(third))
+
+    grown = run(labeling, progress=False)
+    assert counts(grown) == {"files_new": 1, "files_changed": 1, "files_vanished": 0, "files_relabeled": 0,
+                             "shards_written": 1, "shards_skipped": 2}
+    assert [(c["key"], c["shard"]) for c in changes_of(grown)["changed"]] == [("001.tar", "001")]
+    members = {f"00{i}.tar/{name}": data for i, files in enumerate((first, second, third)) for name, data in
+               files.items()}
+    assert_masks_match_images(read_output(str(tmp_path / "out")), members)
+
+    relabeled = run(dataclasses.replace(labeling, relabel_changed=True), progress=False)
+    assert counts(relabeled) == {"files_new": 0, "files_changed": 1, "files_vanished": 0, "files_relabeled": 1,
+                                 "shards_written": 1, "shards_skipped": 2}
+    assert_masks_match_images(read_output(str(tmp_path / "out")),
+                              {**members, **{f"001.tar/{name}": data for name, data in rewritten.items()}})
+    assert run(labeling, progress=False).files_changed == 0
+
+
+def test_a_mask_file_left_without_its_marker_is_replaced_not_duplicated(tmp_path):
+    """A run stopped between a mask file and its marker: the next run labels those files in a new shard and
+    deletes the unfinished file, so readers see each image once."""
+    images = good_images(6)
+    write_files(tmp_path / "in", images)
+    run(job(str(tmp_path / "in"), str(tmp_path / "out")), progress=False)
+    (tmp_path / "out" / "_done" / "part-00000.json").unlink()
+    again = run(job(str(tmp_path / "in"), str(tmp_path / "out")), progress=False)
+    assert (again.files_new, again.shards_written, again.unfinished_removed) == (4, 1, 1)
+    assert sorted(f.name for f in (tmp_path / "out").glob("*.parquet")) == ["part-00001.parquet", "part-00002.parquet"]
+    assert_masks_match_images(read_output(str(tmp_path / "out")), images)
+
+
+def test_an_output_whose_markers_do_not_list_files_grows_the_same_way(tmp_path):
+    """Markers written before they listed their files: the mask files' footers say what each shard covers."""
+    first = good_images(5)
+    write_files(tmp_path / "in", first)
+    run(job(str(tmp_path / "in"), str(tmp_path / "out")), progress=False)
+    for marker in (tmp_path / "out" / "_done").glob("*.json"):
+        marker.write_text(json.dumps({k: v for k, v in json.loads(marker.read_text()).items() if k != "files"}))
+    added = {"img-000a.png": encoded(photo(40, 30, seed=50)), "img-003a.png": encoded(photo(30, 40, seed=51))}
+    write_files(tmp_path / "in", added)
+    grown = run(job(str(tmp_path / "in"), str(tmp_path / "out")), progress=False)
+    assert counts(grown) == {"files_new": 2, "files_changed": 0, "files_vanished": 0, "files_relabeled": 0,
+                             "shards_written": 1, "shards_skipped": 2}
+    assert_masks_match_images(read_output(str(tmp_path / "out")), {**first, **added})
+
+
+def test_a_new_parquet_file_on_s3_is_a_new_shard(bucket, tmp_path):
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    first, second = good_images(3), good_images(2, start=3)
+    fs.pipe_file(f"{bucket}/hf/train-1.parquet", parquet_bytes(first, "img2dataset"))
+    labeling = job(f"s3://{bucket}/hf", str(tmp_path / "out"))
+    run(labeling, progress=False)
+    fs.pipe_file(f"{bucket}/hf/train-0.parquet", parquet_bytes(second, "img2dataset"))  # sorts first
+    grown = run(labeling, progress=False)
+    assert counts(grown) == {"files_new": 1, "files_changed": 0, "files_vanished": 0, "files_relabeled": 0,
+                             "shards_written": 1, "shards_skipped": 1}
+    assert_masks_match_images(read_output(str(tmp_path / "out")), {**first, **second})

@@ -19,6 +19,7 @@ from pipeline.labeling.output import (
     decode_mask,
     encode_shard,
 )
+from pipeline.labeling.sources import SourceFile
 from pipeline.labeling.storage import Location, StorageError
 
 
@@ -126,3 +127,49 @@ def test_a_missing_or_broken_output_is_a_storage_error_naming_it(tmp_path):
         broken.check({"config_hash": "a"})
     with pytest.raises(StorageError, match=f"^{url}: cannot read the masks"):
         list(broken.rows(["image_id"]))
+
+
+def shard_provenance(*files: tuple[str, int, str | None, float | None]) -> dict:
+    """A worker's provenance for a shard of `files` (key, size, etag, mtime) of the input `file:///in`."""
+    return {"run_id": "r1", "input": "file:///in",
+            "shard": {"format": "images", "files": [{"key": key, "uri": f"file:///in/{key}", "size": size,
+                                                     "etag": etag, "mtime": mtime}
+                                                    for key, size, etag, mtime in files]}}
+
+
+def test_markers_record_the_input_files_their_shard_covers(tmp_path):
+    dataset = OutputDataset(Location(str(tmp_path)))
+    assert dataset.recorded() == {}
+    dataset.write("part-00000", rows(), shard_provenance(("a.png", 10, None, 1.5), ("b.png", 20, "e2", None)))
+    dataset.write("sub/x", rows(), shard_provenance(("sub/x.tar", 30, "e3", None)))
+    marker = json.loads((tmp_path / "_done" / "part-00000.json").read_text())
+    assert marker["files"] == [{"key": "a.png", "size": 10, "etag": None, "mtime": 1.5},
+                               {"key": "b.png", "size": 20, "etag": "e2", "mtime": None}]
+    assert dataset.recorded() == {"part-00000": (SourceFile("a.png", 10, None, 1.5), SourceFile("b.png", 20, "e2")),
+                                  "sub/x": (SourceFile("sub/x.tar", 30, "e3"),)}
+
+
+def test_markers_written_before_they_listed_files_are_completed_from_the_footer(tmp_path):
+    dataset = OutputDataset(Location(str(tmp_path)))
+    provenance = shard_provenance(("a.png", 10, None, None))
+    for file in provenance["shard"]["files"]:  # footers of that time had URIs, sizes and etags only
+        del file["key"], file["mtime"]
+    dataset.write("part-00000", rows(), provenance)
+    marker = tmp_path / "_done" / "part-00000.json"
+    marker.write_text(json.dumps({k: v for k, v in json.loads(marker.read_text()).items() if k != "files"}))
+    assert dataset.recorded() == {"part-00000": (SourceFile("a.png", 10, None),)}
+    dataset.write("part-00001", rows(), {"run_id": "r0"})
+    with pytest.raises(StorageError, match="part-00001.parquet does not record which input files it covers"):
+        dataset.recorded()
+
+
+def test_mask_files_without_a_marker_are_removed_as_a_stopped_run_left_them(tmp_path):
+    dataset = OutputDataset(Location(str(tmp_path)))
+    dataset.write("part-00000", rows(), shard_provenance(("a.png", 10, None, None)))
+    dataset.write("sub/part-00001", rows(), shard_provenance(("b.png", 10, None, None)))
+    (tmp_path / "_done" / "sub" / "part-00001.json").unlink()
+    (tmp_path / "_bookkeeping.parquet").write_bytes(b"readers skip it")
+    assert dataset.remove_unfinished() == ["sub/part-00001.parquet"]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.parquet")) == [
+        "_bookkeeping.parquet", "part-00000.parquet"]
+    assert dataset.remove_unfinished() == []

@@ -1,6 +1,19 @@
+import os
+
 import pytest
 
-from pipeline.labeling.sources import InputError, ParquetColumns, inventory, read, read_source
+from pipeline.labeling.sources import (
+    InputError,
+    ParquetColumns,
+    SourceFile,
+    compare,
+    inventory,
+    next_part,
+    read,
+    read_source,
+    redo,
+    shards,
+)
 from pipeline.labeling.storage import Location
 from tests.pipeline.labeling.data import good_images, parquet_bytes, tar_bytes, write_files
 
@@ -100,3 +113,47 @@ def test_one_image_is_read_back_from_the_source_uri_the_job_recorded(tmp_path):
         read_source(f"file://{tmp_path}/shard.tar#missing.png", {})
     with pytest.raises(KeyError, match="no row 9"):
         read_source(f"file://{tmp_path}/rows.parquet#9", {})
+
+
+def files(*specs: tuple[str, int]) -> list[SourceFile]:
+    return [SourceFile(key, size, None) for key, size in specs]
+
+
+def test_files_no_finished_shard_covers_make_new_shards_numbered_after_the_finished_ones():
+    recorded = {"part-00000": tuple(files(("b.png", 1), ("d.png", 1))), "part-00001": tuple(files(("f.png", 1)))}
+    now = files(("a.png", 1), ("b.png", 1), ("c.png", 1), ("d.png", 1), ("e.png", 1), ("f.png", 1), ("g.png", 1))
+    coverage = compare(recorded, now)
+    assert [f.key for f in coverage.new] == ["a.png", "c.png", "e.png", "g.png"]
+    assert (coverage.changed, coverage.vanished) == ([], [])
+    made = shards("images", coverage.new, 3, first=next_part(recorded))
+    assert [(s.name, [f.key for f in s.files]) for s in made] == [("part-00002", ["a.png", "c.png", "e.png"]),
+                                                                  ("part-00003", ["g.png"])]
+    assert next_part(["part-00009", "part-00010", "shards/000"]) == 11 and next_part([]) == 0
+
+
+def test_covered_files_whose_size_or_etag_differs_are_changed_and_unlisted_ones_vanished():
+    recorded = {"part-0": (SourceFile("a.png", 5, "e1"), SourceFile("b.png", 5, None), SourceFile("c.png", 5, None)),
+                "part-1": (SourceFile("d.png", 5, "e4"),)}
+    now = [SourceFile("a.png", 5, "e2"), SourceFile("b.png", 6, None), SourceFile("d.png", 5, "e4")]
+    coverage = compare(recorded, now)
+    assert coverage.new == []
+    assert [(c.shard, c.recorded.key, c.now) for c in coverage.changed] == [("part-0", "a.png", now[0]),
+                                                                           ("part-0", "b.png", now[1])]
+    assert [(c.shard, c.recorded.key, c.now) for c in coverage.vanished] == [("part-0", "c.png", None)]
+
+
+def test_a_shard_holding_a_changed_file_is_redone_whole_under_its_name_without_its_vanished_files():
+    recorded = {"part-0": tuple(files(("a.png", 1), ("b.png", 1), ("c.png", 1))), "part-1": tuple(files(("d.png", 1)))}
+    now = files(("a.png", 2), ("b.png", 1), ("d.png", 1))
+    [shard] = redo(recorded, compare(recorded, now).changed, now, "images")
+    assert (shard.name, shard.files) == ("part-0", (now[0], now[1]))
+
+
+def test_local_files_carry_their_modification_time_so_a_same_size_rewrite_is_a_change(tmp_path):
+    write_files(tmp_path, {"a.png": b"one"})
+    os.utime(tmp_path / "a.png", ns=(0, 10**9))  # long ago: coarse file-system clocks cannot hide the rewrite
+    [before] = inventory(Location(str(tmp_path))).shards[0].files
+    (tmp_path / "a.png").write_bytes(b"two")
+    [after] = inventory(Location(str(tmp_path))).shards[0].files
+    assert before.size == after.size and before.mtime != after.mtime
+    assert [change.now for change in compare({"part-00000": (before,)}, [after]).changed] == [after]
