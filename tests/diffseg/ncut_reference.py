@@ -4,7 +4,8 @@ It keeps the official bookkeeping as is: a painting of explored tokens, an affin
 painted tokens are zeroed, a kept set of tokens whose masked row has no zero (every token at the root), dense
 degree matrices, one NCut evaluation per threshold, and codes summed from 0/1 cut maps. It departs from the
 official code only where that code is square-only, CUDA-only or undefined: any h x w grid on the CPU, NaN NCut
-values count as +inf, a failed `eigh` means no cut, kept indices in ascending order, exact integer codes.
+values and sides holding no token or every token count as +inf (the latter's value is rounding noise, and
+accepting it recurses forever), a failed `eigh` means no cut, kept indices in ascending order, exact integer codes.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def _bipartition(vector: torch.Tensor, a: torch.Tensor, d: torch.Tensor) -> tupl
         y = (1 + x) - b * (1 - x)
         value = ((y @ laplacian @ y) / (y @ d @ y)).item()
         candidates.append(side)
-        values.append(math.inf if math.isnan(value) else value)
+        proper = 0 < int(side.sum()) < len(side)
+        values.append(value if proper and not math.isnan(value) else math.inf)
     best = values.index(min(values))
     return candidates[best], values[best]
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffseg import DiffSegConfig, segment_from_features
+from diffseg import DiffSegConfig, diffcut, segment_from_features
 from diffseg.diffcut import DETAIL_SCALE, PIXELS_PER_TOKEN, segment_features, segment_features_scored
+from diffseg.ncut import segment_tokens
 from tests.diffseg.planted import matched_miou, planted_features, quadrants
 
 DIFFCUT = DiffSegConfig(method="diffcut")
@@ -96,3 +97,44 @@ def test_well_separated_segments_are_stable_and_confident():
     # Moving tau by 10% cannot change a cut whose planted segments are orthogonal up to 5% noise.
     assert torch.equal(result.stability[:4], torch.ones(4))
     assert (result.score[:4] > 0.5).all()
+
+
+def separate_recursions(tokens, taus, alpha):
+    """What `segment_features_scored` did before it pruned one recursion: one recursive cut per threshold."""
+    return [segment_tokens(tokens, tau, alpha) for tau in taus]
+
+
+@pytest.mark.parametrize("pamr", [False, True])
+def test_scores_are_those_of_one_recursion_per_threshold(pamr, monkeypatch):
+    config = DiffSegConfig(method="diffcut", pamr=pamr)
+    # Noisy enough that the thresholds x0.9 and x1.1 cut differently, so that the stability is not all 1.
+    features = [planted_features(quadrants(7, 9), noise=0.6, seed=seed) for seed in (1, 2)]
+    images = [torch.rand(3, 7 * PIXELS_PER_TOKEN, 9 * PIXELS_PER_TOKEN, generator=torch.Generator().manual_seed(0))
+              for _ in features]
+    sizes = [(35, 45), (56, 72)]
+    pruned = segment_features_scored(features, config, sizes, images)
+    monkeypatch.setattr(diffcut, "segment_tokens_multi", separate_recursions)
+    separate = segment_features_scored(features, config, sizes, images)
+    assert any((result.stability < 1).any() for result in separate)
+    for a, b in zip(pruned, separate):
+        assert torch.equal(a.labels, b.labels)
+        assert torch.equal(a.score, b.score)
+        assert torch.equal(a.stability, b.stability)
+
+
+def test_scores_cost_the_eigendecompositions_of_one_recursion(monkeypatch):
+    calls = []
+    eigh = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda matrix: calls.append(len(matrix)) or eigh(matrix))
+    features = [planted_features(quadrants(7, 9), noise=0.6, seed=2)]
+    tokens = F.normalize(features[0], dim=-1)
+    per_tau = []
+    for step in (1.0, 0.9, 1.1):
+        segment_tokens(tokens, DIFFCUT.ncut_threshold * step, DIFFCUT.alpha)
+        per_tau.append(len(calls))
+        calls.clear()
+    segment_features(features, DIFFCUT, [(28, 36)])
+    assert len(calls) == per_tau[0]
+    calls.clear()
+    segment_features_scored(features, DIFFCUT, [(28, 36)])
+    assert len(calls) == per_tau[2] < sum(per_tau)

@@ -1,7 +1,17 @@
 import pytest
 import torch
 
-from diffseg.ncut import affinity_matrix, assemble, ncut_values, segment_tokens
+from diffseg.ncut import (
+    CUDA_EIGH_MIN_SIZE,
+    WORD_BITS,
+    affinity_matrix,
+    assemble,
+    ncut_values,
+    recursive_cuts,
+    second_eigenvector,
+    segment_tokens,
+    segment_tokens_multi,
+)
 from tests.diffseg.ncut_reference import reference_segment
 
 REGIONS = ((0, 0.5, 0, 0.45), (0.5, 1, 0, 0.3), (0.25, 0.75, 0.55, 1), (0.8, 1, 0.5, 0.9))
@@ -89,6 +99,17 @@ def test_tokens_with_a_zero_affinity_take_no_part_in_later_cuts():
     assert same_partition(labels, truth.clamp(max=1))
 
 
+def test_a_side_holding_every_token_is_no_cut():
+    """Nearly disconnected segments: the Fiedler vector can take one sign over a region, so that the lowest
+    threshold puts every token on one side, and its NCut value, 0/0 in exact arithmetic, rounds to about 1e-8.
+    Accepted, that cut would be the region again, forever."""
+    features, truth = planted(10, 10, 0, noise=0.1, channels=256)
+    labels = segment_tokens(features)
+    assert torch.equal(labels, reference_segment(features, 0.5, 10.0))
+    moved = frozen(features)
+    assert same_partition(labels[~moved], truth[~moved])
+
+
 def test_non_square_grid_follows_rows_and_columns():
     features, truth = planted(6, 20, 0)
     labels = segment_tokens(features)
@@ -137,6 +158,19 @@ def test_labels_are_consecutive_int64():
     assert torch.equal(labels.unique(), torch.arange(int(labels.max()) + 1))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("size", [CUDA_EIGH_MIN_SIZE - 1, CUDA_EIGH_MIN_SIZE])
+def test_small_cuda_matrices_are_decomposed_by_the_cpu(size):
+    points = torch.randn(size, 16, generator=torch.Generator().manual_seed(0))
+    matrix = points @ points.T
+    vector = second_eigenvector(matrix.cuda())
+    assert vector.device.type == "cuda"
+    on_cpu = torch.equal(vector.cpu(), torch.linalg.eigh(matrix)[1][:, 1])
+    assert on_cpu == (size < CUDA_EIGH_MIN_SIZE)
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_features_give_the_cpu_labels_on_cuda():
     features, _ = planted(12, 16, 1)
@@ -145,8 +179,72 @@ def test_cuda_features_give_the_cpu_labels_on_cuda():
     assert torch.equal(labels.cpu(), segment_tokens(features))
 
 
-def test_assemble_ranks_the_official_codes_beyond_float32():
-    cuts = list(torch.rand(70, 50, generator=torch.Generator().manual_seed(0)) < 0.3)
+def noisy(h: int, w: int, seed: int) -> torch.Tensor:
+    """Features `(h, w, 48)` whose segments only some thresholds near 0.5 tell apart (see `planted`)."""
+    return planted(h, w, seed, noise=0.6)[0]
+
+
+# One recursion at the largest tau, pruned, against separate recursions: square and non-square grids, tokens
+# frozen by an exact zero, and a tree of more cuts than one sort key of `assemble` holds.
+@pytest.mark.parametrize(
+    ("features", "tau"),
+    [
+        (noisy(10, 10, 0), 0.5),
+        (noisy(12, 16, 1), 0.7),
+        (noisy(10, 10, 2), 0.7),
+        (planted(14, 9, 2)[0], 0.5),
+        (antipodal()[0], 0.5),
+    ],
+)
+def test_one_recursion_gives_the_labels_of_each_threshold(features, tau):
+    taus = [tau * 0.9, tau, tau * 1.1]
+    separate = [segment_tokens(features, t) for t in taus]
+    assert all(torch.equal(a, b) for a, b in zip(segment_tokens_multi(features, taus), separate))
+    assert all(torch.equal(a, b) for a, b in zip(segment_tokens_multi(features, taus[::-1]), separate[::-1]))
+
+
+def test_the_pruned_thresholds_differ_and_the_largest_tree_has_many_cuts():
+    """The cases above are not trivial: the thresholds give different labels, and one tree has more cuts than
+    `WORD_BITS`."""
+    counts = [int(labels.max()) + 1 for labels in segment_tokens_multi(noisy(10, 10, 2), [0.63, 0.7, 0.77])]
+    assert len(set(counts)) == 3 and counts[-1] > WORD_BITS + 1
+
+
+def eigh_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the size of every `torch.linalg.eigh` call from now on."""
+    calls: list[int] = []
+    eigh = torch.linalg.eigh
+
+    def counting(matrix, *args, **kwargs):
+        calls.append(len(matrix))
+        return eigh(matrix, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "eigh", counting)
+    return calls
+
+
+def test_several_thresholds_cost_the_eigendecompositions_of_the_largest(monkeypatch):
+    features, taus = noisy(10, 10, 0), [0.45, 0.5, 0.55]
+    calls = eigh_calls(monkeypatch)
+    per_tau = []
+    for tau in taus:
+        segment_tokens(features, tau)
+        per_tau.append(len(calls))
+        calls.clear()
+    segment_tokens_multi(features, taus)
+    assert len(calls) == per_tau[-1] < sum(per_tau)
+
+
+def test_a_tree_gives_no_threshold_above_its_own():
+    tree = recursive_cuts(affinity_matrix(noisy(6, 6, 0).reshape(36, -1), 10.0), 0.5)
+    assert torch.equal(tree.labels(0.5), segment_tokens(noisy(6, 6, 0)).reshape(-1))
+    with pytest.raises(ValueError, match="cannot give"):
+        tree.labels(0.51)
+
+
+@pytest.mark.parametrize("count", [0, 1, WORD_BITS, WORD_BITS + 1, 3 * WORD_BITS + 5])
+def test_assemble_ranks_the_official_codes_beyond_float32(count):
+    cuts = list(torch.rand(count, 50, generator=torch.Generator().manual_seed(count)) < 0.3)
     codes, step = [0] * 50, 1
     for cut in cuts:
         codes = [code + step * int(bit) for code, bit in zip(codes, cut.tolist())]
