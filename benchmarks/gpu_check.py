@@ -108,16 +108,14 @@ def plan(dry_run: bool) -> list[Step]:
         core = ["--device", "cuda", "--dtype", "float16", "bfloat16", "--batch", "1", "8", "16", "--repeat", "3"]
         methods = ["--device", "cuda", "--dtype", "float16", "--batch", "8", "--repeat", "3"]
         ncut = ["--device", "cuda", "--grids", "32", "--sizes", "128", "256", "512", "1024", "2048", "--repeat", "2"]
-    steps = [Step("environment", [*internal, "environment"], 60),
-             Step("gpu-tests", [*internal, "gpu-tests"], 120),
-             Step("masks", [*internal, "masks"], 90),
-             Step("worker", [python, str(HERE / "bench_worker.py"), *worker], 150),
-             Step("core", [python, str(HERE / "bench_core.py"), *core], 150),
-             Step("methods", [python, str(HERE / "bench_methods.py"), "--cases", "ssd1b-diffcut", "ssd1b-diffseg",
-                              *methods], 180)]
-    if (HERE / "bench_ncut.py").exists():
-        steps.append(Step("ncut", [python, str(HERE / "bench_ncut.py"), *ncut], 90))
-    return steps
+    return [Step("environment", [*internal, "environment"], 60),
+            Step("gpu-tests", [*internal, "gpu-tests"], 120),
+            Step("masks", [*internal, "masks"], 90),
+            Step("worker", [python, str(HERE / "bench_worker.py"), *worker], 150),
+            Step("core", [python, str(HERE / "bench_core.py"), *core], 150),
+            Step("methods", [python, str(HERE / "bench_methods.py"), "--cases", "ssd1b-diffcut", "ssd1b-diffseg",
+                             *methods], 180),
+            Step("ncut", [python, str(HERE / "bench_ncut.py"), *ncut], 90)]
 
 
 # The run: install, steps, figures, table.
