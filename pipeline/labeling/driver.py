@@ -4,11 +4,16 @@ Exactly once, per input file: each `_done/` marker records the input files its s
 only the files that no finished shard covers into new shards (under names no finished shard has), so re-running
 after any failure, or after the input grew, labels every file once. Covered files that changed or vanished
 since are reported, and relabeled (their whole shard, under its own name) only when the job asks.
+
+Planning streams: shards are formed while the input is listed, the first ones are handed to actors while the
+listing goes on, and the driver holds the shards in flight or waiting for a retry, one folder's listing, and
+(re-runs) the files the finished shards cover, never the whole listing.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import os
 import re
 import socket
@@ -16,7 +21,7 @@ import sys
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,7 +33,7 @@ from diffseg import ModelLoadError
 from .capacity import Actors, ActorShape, JobError, Node, actor_shape, cluster_summary, fit
 from .job import LabelJob
 from .output import OutputDataset
-from .sources import Change, Coverage, Shard, SourceFile, compare, listing, next_part, redo, shards
+from .sources import Change, Comparison, Listing, Shard, SourceFile, listing, next_part, shards
 from .storage import Location
 from .worker import LabelWorker, Placement, WorkerSettings
 
@@ -134,33 +139,80 @@ def _check_reachable(address: str) -> None:
                               "--address or RAY_ADDRESS") from None
 
 
+class Todo:
+    """The shards left to do, made as the listing is read: iterated once (`next`) by the scheduler, and truthy
+    when there is at least one (`plan` reads the first one ahead, so an empty input fails before Ray starts)."""
+
+    def __init__(self, shards: Iterator[Shard]) -> None:
+        self._shards = shards
+        self._ahead: deque[Shard] = deque()
+        self._ended = False
+        self.given = 0
+        """Shards handed out so far: all of them once `done`."""
+
+    def ahead(self, count: int) -> int:
+        """Read up to `count` shards ahead; returns how many are (fewer than `count`: the listing ended)."""
+        while len(self._ahead) < count and not self._ended:
+            shard = next(self._shards, None)
+            self._ended = shard is None
+            if shard is not None:
+                self._ahead.append(shard)
+        return len(self._ahead)
+
+    def next(self) -> Shard | None:
+        """The next shard; None once every one was handed out."""
+        if not self.ahead(1):
+            return None
+        self.given += 1
+        return self._ahead.popleft()
+
+    @property
+    def done(self) -> bool:
+        """Every shard was handed out (and `given` is their number)."""
+        return self._ended and not self._ahead
+
+    def __bool__(self) -> bool:
+        return self.ahead(1) > 0
+
+    def __iter__(self) -> Iterator[Shard]:
+        while (shard := self.next()) is not None:
+            yield shard
+
+
 @dataclass
 class Plan:
-    """A job resolved against its input and output: which shards exist and which are left to do."""
+    """A job resolved against its input and output: the shards left to do, formed as the input is listed."""
 
     job: LabelJob
     source: Location
     output: OutputDataset
-    todo: list[Shard]
+    todo: Todo
     """Shards of the files no finished shard covers, then (with `relabel_changed`) finished shards to redo."""
-    skipped: int
-    """Finished shards left as they are."""
-    coverage: Coverage
-    """The input's files compared with those the finished shards cover."""
-    ignored: int
-    """Files under the input left out (see `Listing.ignored`)."""
+    recorded: dict[str, tuple[SourceFile, ...]]
+    """The finished shards and the files they cover."""
+    listing: Listing
+    comparison: Comparison
+    """The input's files compared with those the finished shards cover; final once `todo` is done."""
     identity: dict[str, Any]
     """What the output's manifest must match (the model's identity is added when a replica reports it)."""
+    redone: list[Shard] = field(default_factory=list)
+    """Finished shards redone (`relabel_changed`); known once `todo` is done."""
     started: float = field(default_factory=time.perf_counter)
     """When planning began (`time.perf_counter()`); the summary's `seconds` count from here."""
 
+    @property
+    def skipped(self) -> int:
+        """Finished shards left as they are (once `todo` is done)."""
+        return len(self.recorded) - len(self.redone)
+
 
 def plan(job: LabelJob) -> Plan:
-    """List the input and the files the output's finished shards cover; needs no Ray.
+    """List the input up to its first shard left to do, and the files the output's finished shards cover; needs
+    no Ray. The rest of the input is listed as `todo` is read.
 
     The files no finished shard covers make new shards, numbered after the finished ones (never from their
     position in the listing, which shifts when files are added); with `job.relabel_changed` the finished
-    shards holding changed files are redone too.
+    shards holding changed files are redone too, after the listing ended.
 
     Raises:
         InputError, StorageError: the input cannot be listed or holds nothing usable.
@@ -173,37 +225,41 @@ def plan(job: LabelJob) -> Plan:
     identity = _identity(job, source, found.format)
     dataset.check(identity)
     recorded = dataset.recorded()
-    coverage = compare(recorded, found.files)
-    fresh = shards(found.format, coverage.new, job.shard_size, first=next_part(recorded))
-    redone = redo(recorded, coverage.changed, found.files, found.format) if job.relabel_changed else []
-    return Plan(job, source, dataset, fresh + redone, len(recorded) - len(redone), coverage, found.ignored,
-                identity, started)
+    comparison = Comparison(recorded, found, keep_listed=job.relabel_changed)
+    redone: list[Shard] = []
+    todo = Todo(_todo(job, found.format, recorded, comparison, redone))
+    todo.ahead(1)
+    return Plan(job, source, dataset, todo, recorded, found, comparison, identity, redone, started)
+
+
+def _todo(job: LabelJob, input_format: str, recorded: dict[str, tuple[SourceFile, ...]], comparison: Comparison,
+          redone: list[Shard]) -> Iterator[Shard]:
+    """New shards as the listing is read, then (`relabel_changed`) the finished ones to redo, added to `redone`."""
+    yield from shards(input_format, comparison, job.shard_size, first=next_part(recorded))
+    if job.relabel_changed:
+        redone.extend(comparison.redo(input_format))
+        yield from redone
 
 
 def execute(planned: Plan, progress: bool = True, worker: type[LabelWorker] = LabelWorker) -> Summary:
     """Label the planned remaining shards on the connected Ray cluster (Ray is not touched when none are left).
 
     `worker` is the actor class: a `LabelWorker`, or a subclass with another model (the driver benchmark runs a
-    no-op one through this same path).
+    no-op one through this same path). Changed and vanished input files are counted and listed once the
+    listing ended.
 
     Raises:
         ModelLoadError: a replica could not load the model; nothing was written.
         JobError: the cluster cannot host the actors asked for.
         OutputConflict: the model differs from the one the output was started with.
+        InputError, StorageError: the rest of the input cannot be listed (shards already written stay done).
     """
-    started = planned.started
     output = planned.output.location
-    coverage = planned.coverage
-    summary = Summary(shards_skipped=planned.skipped, files_ignored=planned.ignored, output=output.uri(""),
-                      run_id=uuid.uuid4().hex, files_new=len(coverage.new), files_changed=len(coverage.changed),
-                      files_vanished=len(coverage.vanished),
-                      files_relabeled=len(coverage.changed) if planned.job.relabel_changed else 0)
+    summary = Summary(output=output.uri(""), run_id=uuid.uuid4().hex)
     summary.unfinished_removed = len(planned.output.remove_unfinished())
-    if coverage.changed or coverage.vanished:
-        summary.changes = planned.output.write_changes(summary.run_id, _changes(planned, summary.run_id))
     if planned.todo:
         starting = time.perf_counter()
-        actors, model = _start_actors(planned.job, planned.source, output, len(planned.todo), worker)
+        actors, model = _start_actors(planned.job, planned.source, output, planned.todo, worker)
         summary.startup_seconds = time.perf_counter() - starting
         try:
             planned.output.claim({**planned.identity, "model": model})
@@ -211,7 +267,8 @@ def execute(planned: Plan, progress: bool = True, worker: type[LabelWorker] = La
         finally:
             for actor in actors:
                 ray.kill(actor)
-    summary.seconds = time.perf_counter() - started
+    _count_files(planned, summary)
+    summary.seconds = time.perf_counter() - planned.started
     return summary
 
 
@@ -220,11 +277,22 @@ def run(job: LabelJob, progress: bool = True) -> Summary:
     return execute(plan(job), progress)
 
 
+def _count_files(planned: Plan, summary: Summary) -> None:
+    """The summary's counts of input files, and the `_changes/` listing, once the listing ended."""
+    comparison = planned.comparison
+    summary.shards_skipped, summary.files_ignored = planned.skipped, planned.listing.ignored
+    summary.files_new, summary.files_changed = comparison.new, len(comparison.changed)
+    summary.files_vanished = len(comparison.vanished)
+    summary.files_relabeled = len(comparison.changed) if planned.job.relabel_changed else 0
+    if comparison.changed or comparison.vanished:
+        summary.changes = planned.output.write_changes(summary.run_id, _changes(planned, summary.run_id))
+
+
 def _changes(planned: Plan, run_id: str) -> dict[str, Any]:
     """The listing of the changed and vanished input files that `_changes/RUN_ID.json` holds."""
     return {"run_id": run_id, "input": planned.source.uri(""), "relabeled": planned.job.relabel_changed,
-            "changed": [_change(change) for change in planned.coverage.changed],
-            "vanished": [_change(change) for change in planned.coverage.vanished]}
+            "changed": [_change(change) for change in planned.comparison.changed],
+            "vanished": [_change(change) for change in planned.comparison.vanished]}
 
 
 def _change(change: Change) -> dict[str, Any]:
@@ -258,11 +326,15 @@ def _nodes() -> list[Node]:
     return [Node.from_ray(node) for node in ray.nodes() if node["Alive"]]
 
 
-def _start_actors(job: LabelJob, source: Location, output: Location, shards: int,
+def _start_actors(job: LabelJob, source: Location, output: Location, todo: Todo,
                   worker: type[LabelWorker]) -> tuple[list, dict]:
-    """Start the actor pool and load a model replica in each; returns the actors and the model's identity."""
-    pool = actors_for(job, shards)
+    """Start the actor pool and load a model replica in each; returns the actors and the model's identity.
+
+    No more actors than shards: the shards are read ahead up to the pool's size, never further (the listing
+    may not have ended)."""
+    pool = actors_for(job, sys.maxsize)
     shape = pool.shape
+    pool = Actors(min(pool.count, todo.ahead(pool.count)), shape)
     settings = WorkerSettings(model=job.model, config=job.config, revision=job.revision,
                               device="cuda" if shape.gpus else "cpu", dtype=job.dtype, batch_size=job.batch_size,
                               max_pixels=job.max_pixels, threads=max(1, int(shape.cpus)), descriptors=job.descriptors,
@@ -358,8 +430,10 @@ def _numbers(indices: list[int]) -> str:
     return listed + (f" and {len(indices) - 10} more" if len(indices) > 10 else "")
 
 
-def _schedule(actors: list, shards: list[Shard], job: LabelJob, summary: Summary, progress: bool) -> None:
-    """Keep every usable actor busy with up to `IN_FLIGHT_PER_ACTOR` shards from one queue until all are done.
+def _schedule(actors: list, todo: Todo, job: LabelJob, summary: Summary, progress: bool) -> None:
+    """Keep every usable actor busy with up to `IN_FLIGHT_PER_ACTOR` shards until all are done: shards due to be
+    retried first, then the next ones of `todo` (made as the listing is read: the progress bar's total is
+    known once it ended). A shard is held only while it is in flight or waiting to be retried.
 
     A failed attempt is retried after `job.retry_delay` seconds, doubling for each further attempt (at most
     `MAX_RETRY_DELAY`), up to `job.max_retries` times. An actor whose task failed because the actor died is set
@@ -367,35 +441,42 @@ def _schedule(actors: list, shards: list[Shard], job: LabelJob, summary: Summary
     another node if its own is gone, and one that cannot be placed again must not be handed shards that would
     wait for it forever. When no shard has finished for `REPORT_EVERY` seconds, a line says what is running.
     """
-    pending = deque(shards)
+    pending: deque[Shard] = deque()
     delayed: list[tuple[float, int, Shard]] = []
     attempts: Counter[str] = Counter()
     in_flight: dict[ray.ObjectRef, tuple[int, Shard]] = {}
     probes: dict[ray.ObjectRef, int] = {}
     usable = set(range(len(actors)))
     begun = lost_since = last_news = time.perf_counter()
-    with tqdm(total=len(shards), unit="shard", file=sys.stderr, disable=not progress, mininterval=1.0,
+    with tqdm(total=None, unit="shard", file=sys.stderr, disable=not progress, mininterval=1.0,
               dynamic_ncols=True) as bar:
-        while pending or in_flight or delayed:
+        while pending or in_flight or delayed or not todo.done:
             now = time.perf_counter()
             while delayed and delayed[0][0] <= now:
                 pending.append(heapq.heappop(delayed)[2])
             busy = Counter(index for index, _ in in_flight.values())
             for index in sorted(usable, key=busy.__getitem__):
-                for _ in range(min(IN_FLIGHT_PER_ACTOR - busy[index], len(pending))):
-                    shard = pending.popleft()
+                for _ in range(IN_FLIGHT_PER_ACTOR - busy[index]):
+                    shard = pending.popleft() if pending else todo.next()
+                    if shard is None:
+                        break
                     in_flight[actors[index].process.remote(shard, summary.run_id)] = (index, shard)
+            if todo.done and bar.total is None:
+                bar.total = todo.given
+                bar.refresh()
             summary.in_flight_peak = max(summary.in_flight_peak, len(in_flight))
             if in_flight or usable:
                 lost_since = now
             elif now - lost_since > LOST_ACTORS_TIMEOUT:
-                _give_up(summary, bar, pending, f"no actor left for {LOST_ACTORS_TIMEOUT:g} s (their nodes are gone)")
-                _give_up(summary, bar, deque(shard for _, _, shard in delayed), "no actor left")
+                _give_up(summary, bar, itertools.chain(pending, todo),
+                         f"no actor left for {LOST_ACTORS_TIMEOUT:g} s (their nodes are gone)")
+                _give_up(summary, bar, (shard for _, _, shard in delayed), "no actor left")
                 return
             if now - last_news >= REPORT_EVERY:
                 last_news = now
                 done = summary.shards_written + summary.shards_failed
-                bar.write(f"{len(in_flight)} shard(s) in progress on {len(usable)} actor(s), {done} of {len(shards)} "
+                total = f"{todo.given}" if todo.done else f"{todo.given} listed so far"
+                bar.write(f"{len(in_flight)} shard(s) in progress on {len(usable)} actor(s), {done} of {total} "
                           f"done, {len(delayed)} waiting to be retried; no shard finished in the last "
                           f"{REPORT_EVERY:g} s", file=sys.stderr)
             if not in_flight and not probes:
@@ -420,7 +501,7 @@ def _schedule(actors: list, shards: list[Shard], job: LabelJob, summary: Summary
                         heapq.heappush(delayed, (time.perf_counter() + delay, id(shard), shard))
                         _note_retry(summary, bar, shard.name, _reason(error), delay)
                     else:
-                        _give_up(summary, bar, deque([shard]), _reason(error))
+                        _give_up(summary, bar, [shard], _reason(error))
                     continue
                 summary.shards_written += 1
                 summary.images_ok += marker["images_ok"]
@@ -443,10 +524,9 @@ def _probed(ref: ray.ObjectRef, probes: dict[ray.ObjectRef, int], actors: list, 
         usable.add(index)
 
 
-def _give_up(summary: Summary, bar: tqdm, shards: deque, reason: str) -> None:
+def _give_up(summary: Summary, bar: tqdm, shards: Iterable[Shard], reason: str) -> None:
     """Count every shard of `shards` as failed for good."""
-    while shards:
-        shard = shards.popleft().name
+    for shard in (failed.name for failed in shards):
         summary.shards_failed += 1
         summary.failed.append({"shard": shard, "error": reason})
         bar.write(f"shard {shard} failed for good: {reason}", file=sys.stderr)

@@ -61,6 +61,9 @@ CHANGES = "_changes"
 FILE = "__filename"
 """Not a column of the files: asked for among the columns of `OutputDataset.rows` or `.take`, the mask file the
 row is in, relative to the output (what `OutputDataset.provenance` takes)."""
+MARKERS_AT_ONCE = 256
+"""`_done/` markers `OutputDataset.recorded` fetches together: concurrent requests on object stores, while the
+text held at once stays bounded (a million files' markers are about 80 MB of JSON)."""
 
 
 class OutputConflict(RuntimeError):
@@ -188,20 +191,23 @@ class OutputDataset:
     def recorded(self) -> dict[str, tuple[SourceFile, ...]]:
         """Each finished shard and the input files it covers, as they were when it was written.
 
-        Read from the `_done/` markers (one small file per shard, fetched together); a marker written before
-        markers listed files is completed from its mask file's footer (the provenance's `shard.files`).
+        Read from the `_done/` markers (one small file per shard, `MARKERS_AT_ONCE` fetched together); a marker
+        written before markers listed files is completed from its mask file's footer (the provenance's
+        `shard.files`).
 
         Raises:
             StorageError: a marker, or the footer an old marker needs, cannot be read.
         """
         paths = [self.location.path(key) for key in sorted(self.location.files(DONE)) if key.endswith(".json")]
-        if not paths:
-            return {}
-        try:
-            markers = [json.loads(data) for data in self.location.fs.cat(paths).values()]
-        except (OSError, ValueError) as error:
-            raise StorageError(f"{self.location.url}: cannot read the {DONE} markers ({error})") from None
-        return {marker["shard"]: self._covered(marker) for marker in markers}
+        recorded = {}
+        for start in range(0, len(paths), MARKERS_AT_ONCE):
+            try:
+                markers = [json.loads(data) for data in
+                           self.location.fs.cat(paths[start:start + MARKERS_AT_ONCE]).values()]
+            except (OSError, ValueError) as error:
+                raise StorageError(f"{self.location.url}: cannot read the {DONE} markers ({error})") from None
+            recorded.update((marker["shard"], self._covered(marker)) for marker in markers)
+        return recorded
 
     def _covered(self, marker: dict[str, Any]) -> tuple[SourceFile, ...]:
         """The input files a marker's shard covers: its own list, else its mask file's provenance."""

@@ -7,26 +7,30 @@ with what earlier runs recorded (`compare`): only its new files make new shards,
 
 from __future__ import annotations
 
+import itertools
 import posixpath
 import re
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import fsspec
+import fsspec.asyn
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from diffseg.defaults import IMAGE_SUFFIXES
 
-from .storage import Location
+from .storage import Location, StorageError
 
 FORMATS = ("auto", "images", "tar", "parquet")
 IMAGE_COLUMNS = ("image", "jpg", "jpeg", "png", "webp", "img")
 """Columns tried, in order, for the image bytes of Parquet inputs when no column is named."""
 ID_COLUMN = "key"
 """Column used for image ids of Parquet inputs when present and no column is named (img2dataset's)."""
+PAGE = 1000
+"""Keys an object store lists per request (S3's most): what a flat listing takes at once."""
 
 _SUFFIX_FORMATS = {**{suffix: "images" for suffix in IMAGE_SUFFIXES}, ".tar": "tar", ".parquet": "parquet"}
 
@@ -35,9 +39,10 @@ class InputError(ValueError):
     """The input cannot be planned; the message names it and says why in one line."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceFile:
-    """One input file, with what identifies its content version."""
+    """One input file, with what identifies its content version. Slotted: a re-run holds one for every file that
+    the finished shards cover."""
 
     key: str
     """Path relative to the input root, '/'-separated."""
@@ -96,18 +101,6 @@ class ParquetColumns:
 
 
 @dataclass(frozen=True)
-class Listing:
-    """The files of one kind found under an input."""
-
-    format: str
-    """"images", "tar" or "parquet"."""
-    files: list[SourceFile]
-    """Sorted by key."""
-    ignored: int = 0
-    """Files under the input that are not of its kind (other extensions, hidden files): counted, never read."""
-
-
-@dataclass(frozen=True)
 class Change:
     """An input file that a finished shard covers, and that changed or vanished since that shard was written."""
 
@@ -133,67 +126,187 @@ class Coverage:
 def inventory(source: Location, input_format: str = "auto", shard_size: int = 1000,
               columns: ParquetColumns = ParquetColumns()) -> Inventory:
     """The shards of the dataset at `source`, in a stable order, and how many files were left out (`listing`,
-    then `shards`).
+    then `shards`, read to the end).
 
     Raises:
         InputError: see `listing`; or `shard_size` is below 1.
     """
     found = listing(source, input_format, columns)
-    return Inventory(shards(found.format, found.files, shard_size), found.ignored)
+    made = list(shards(found.format, found, shard_size))
+    return Inventory(made, found.ignored)
+
+
+class Listing:
+    """The input files of one kind under an input, read as the store lists them: iterating (once) yields them
+    sorted by key, one folder listing at a time, so the first shards can start while the rest is listed.
+
+    `format` is resolved from the first file of a known kind (`listing` reads up to it); `ignored` is final only
+    once the iteration ended.
+
+    Raises (while iterating):
+        InputError: with `input_format="auto"`, a file of another kind than the first ones.
+    """
+
+    def __init__(self, source: Location, input_format: str) -> None:
+        self.source = source
+        self.format = input_format
+        self.ignored = 0
+        """Files under the input that are not of its kind (other extensions, hidden files): counted, never read."""
+        self._auto = input_format == "auto"
+        self._files = self._select()
+        self._head: list[SourceFile] = []
+
+    def first(self) -> SourceFile:
+        """The first file of the input's kind, read ahead (it is still the first one iterating yields).
+
+        Raises:
+            InputError: `source` does not exist or holds no file of the kind (see `listing`).
+        """
+        if not self._head:
+            self._head.append(next(self._files))
+        return self._head[0]
+
+    def __iter__(self) -> Iterator[SourceFile]:
+        yield from self._head
+        self._head.clear()
+        yield from self._files
+
+    def _select(self) -> Iterator[SourceFile]:
+        listed = kept = 0
+        for key, info in walk(self.source):
+            listed += 1
+            kind = _SUFFIX_FORMATS.get(posixpath.splitext(key)[1].lower())
+            if kind and "/." in f"/{key}":  # hidden file or folder
+                kind = None
+            if kind and self.format == "auto":
+                self.format = kind
+            if kind != self.format:
+                if kind and self._auto:
+                    raise InputError(f"{self.source.url} holds {' and '.join(sorted((self.format, kind)))} files; "
+                                     "choose one with --input-format")
+                self.ignored += 1
+                continue
+            kept += 1
+            etag = _etag(info)
+            yield SourceFile(key, info.get("size"), etag, None if etag else info.get("mtime"))
+        if not kept:
+            if not listed and not self.source.exists(""):
+                raise InputError(f"{self.source.url} does not exist")
+            wanted = {"images": "image files (" + ", ".join(IMAGE_SUFFIXES) + ")", "tar": ".tar files",
+                      "parquet": ".parquet files"}[self.format if self.format != "auto" else "images"]
+            raise InputError(f"no {wanted} under {self.source.url}")
 
 
 def listing(source: Location, input_format: str = "auto", columns: ParquetColumns = ParquetColumns()) -> Listing:
-    """The input files of the dataset at `source`, sorted by key, and how many files were left out.
+    """The input files of the dataset at `source`, listed lazily (see `Listing`), read up to the first one.
 
     Image folders are searched recursively. Hidden files and folders, and files of other kinds, are left out
     and counted.
 
     Raises:
         InputError: `source` does not exist or holds nothing usable, several kinds of input are mixed with
-            `input_format="auto"`, or Parquet files lack the image column.
+            `input_format="auto"` (also while iterating), or Parquet files lack the image column.
     """
     if input_format not in FORMATS:
         raise InputError(f"--input-format must be one of {', '.join(FORMATS)}, got {input_format!r}")
-    found = source.files()
-    if not found and not source.exists(""):
-        raise InputError(f"{source.url} does not exist")
-    by_format: dict[str, list[SourceFile]] = {}
-    for key, info in sorted(found.items()):
-        kind = _SUFFIX_FORMATS.get(posixpath.splitext(key)[1].lower())
-        if kind and not any(part.startswith(".") for part in key.split("/")):
-            etag = _etag(info)
-            mtime = None if etag else info.get("mtime")
-            by_format.setdefault(kind, []).append(SourceFile(key, info.get("size"), etag, mtime))
-    if input_format == "auto":
-        if len(by_format) > 1:
-            raise InputError(f"{source.url} holds {' and '.join(sorted(by_format))} files; "
-                             "choose one with --input-format")
-        input_format = next(iter(by_format), "images")
-    files = by_format.get(input_format, [])
-    if not files:
-        wanted = {"images": "image files (" + ", ".join(IMAGE_SUFFIXES) + ")", "tar": ".tar files",
-                  "parquet": ".parquet files"}[input_format]
-        raise InputError(f"no {wanted} under {source.url}")
-    if input_format == "parquet":
-        with source.fs.open(source.path(files[0].key), "rb") as first:
-            image_column(source, files[0].key, pq.read_schema(first), columns)
-    return Listing(input_format, files, len(found) - len(files))
+    found = Listing(source, input_format)
+    first = found.first()
+    if found.format == "parquet":
+        with source.fs.open(source.path(first.key), "rb") as stream:
+            image_column(source, first.key, pq.read_schema(stream), columns)
+    return found
 
 
-def shards(input_format: str, files: list[SourceFile], shard_size: int, first: int = 0) -> list[Shard]:
-    """`files` (sorted by key) as shards: every `.tar` or `.parquet` file a shard of its own, named by its key;
-    image files in shards of `shard_size` named `part-NNNNN`, numbered from `first` (see `next_part`).
+def walk(source: Location) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every file under `source` with fsspec's details (`size`, `ETag` on object stores), keyed by its path
+    relative to `source` and sorted by it, as `Location.files` would give them; but listed one folder at a time
+    (one `ls` each), so that only one folder's entries are held at once and the first come before the last
+    folder is listed. On S3, one flat listing of every key under the prefix instead, `PAGE` keys per request, in
+    key order as the store gives them."""
+    if "s3" in source.fs.protocol and hasattr(source.fs, "_iterdir"):
+        yield from _walk_pages(source.fs, source.root)
+    else:
+        yield from _walk(source.fs, source.root, len(source.root) + 1)
+
+
+def _walk_pages(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """s3fs's paginated listing (`_iterdir`, which `ls` and `find` read to the end before they answer), taken a
+    page at a time from its event loop."""
+    from botocore.exceptions import BotoCoreError, ClientError  # s3fs's own dependency
+    from s3fs.errors import translate_boto_error
+
+    bucket, prefix, _ = fs.split_path(root)
+    pages = fs._iterdir(bucket, delimiter="", prefix=f"{prefix}/" if prefix else "")
+    start = len(root) + 1
+    while True:
+        try:
+            batch = fsspec.asyn.sync(fs.loop, _take, pages, PAGE)
+        except (ClientError, BotoCoreError, OSError) as error:
+            error = translate_boto_error(error) if isinstance(error, ClientError) else error
+            if isinstance(error, FileNotFoundError):
+                return
+            raise StorageError(f"{fs.unstrip_protocol(root)}: cannot list ({error})") from None
+        if not batch:
+            return
+        # Keys ending in "/" are the empty objects some tools make to show folders.
+        yield from ((info["name"][start:], info) for info in batch if not info["name"].endswith("/"))
+
+
+async def _take(items: AsyncIterator[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """The next `count` items of `items` (fewer at its end); `items` goes on from there the next time."""
+    taken = []
+    async for item in items:
+        taken.append(item)
+        if len(taken) == count:
+            break
+    return taken
+
+
+def _walk(fs: fsspec.AbstractFileSystem, folder: str, start: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    try:
+        # Never a cached listing (the actors write outputs too), and none kept: a store's listing cache (s3fs's
+        # `dircache`) would hold the whole input.
+        entries = fs.ls(folder, detail=True, refresh=True)
+        fs.invalidate_cache(folder)
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise StorageError(f"{fs.unstrip_protocol(folder)}: cannot list ({error})") from None
+    inside = folder.rstrip("/") + "/"
+    # A subfolder sorts as its name and "/": every key under "a/" falls between "a.png" and "a0.png", as a
+    # sorted flat listing of keys orders them.
+    entries = sorted(((entry["name"].rstrip("/") + ("/" if entry.get("type") == "directory" else ""), entry)
+                      for entry in entries if entry["name"].startswith(inside) and len(entry["name"]) > len(inside)),
+                     key=lambda named: named[0])
+    for name, entry in entries:
+        if entry.get("type") == "directory":
+            yield from _walk(fs, name.rstrip("/"), start)
+        elif entry.get("type", "file") == "file":
+            yield name[start:], entry
+
+
+def shards(input_format: str, files: Iterable[SourceFile], shard_size: int, first: int = 0) -> Iterator[Shard]:
+    """`files` (sorted by key) as shards, each made as soon as its files are read: every `.tar` or `.parquet`
+    file a shard of its own, named by its key; image files in shards of `shard_size` named `part-NNNNN`,
+    numbered from `first` (see `next_part`).
 
     Raises:
-        InputError: `shard_size` is below 1.
+        InputError: `shard_size` is below 1 (at once).
     """
     if shard_size < 1:
         raise InputError(f"--shard-size must be at least 1, got {shard_size}")
+    return _shards(input_format, iter(files), shard_size, first)
+
+
+def _shards(input_format: str, files: Iterator[SourceFile], shard_size: int, first: int) -> Iterator[Shard]:
     if input_format != "images":
-        return [Shard(posixpath.splitext(f.key)[0], input_format, (f,)) for f in files]
-    width = max(5, len(str(first + len(files) // shard_size)))
-    return [Shard(f"part-{first + index:0{width}d}", "images", tuple(files[start:start + shard_size]))
-            for index, start in enumerate(range(0, len(files), shard_size))]
+        yield from (Shard(posixpath.splitext(f.key)[0], input_format, (f,)) for f in files)
+        return
+    for number in itertools.count(first):
+        members = tuple(itertools.islice(files, shard_size))
+        if not members:
+            return
+        yield Shard(f"part-{number:05d}", "images", members)
 
 
 def next_part(names: Iterable[str]) -> int:
@@ -202,30 +315,72 @@ def next_part(names: Iterable[str]) -> int:
     return max(numbers, default=-1) + 1
 
 
-def compare(recorded: dict[str, tuple[SourceFile, ...]], files: list[SourceFile]) -> Coverage:
-    """Which of `files` (listed now) no finished shard covers, and which covered files changed or vanished.
+class Comparison:
+    """Files listed now, compared as they come with those that finished shards cover: iterating (once) yields
+    the files no finished shard covers; `changed` and `vanished` are final once the iteration ended.
 
-    `recorded` maps each finished shard to the files it covers, as they were when it was written. A file
-    counts as changed when its size, etag or (without etags: local disks) modification time differs from the
-    recorded one, where both sides know it.
+    `recorded` maps each finished shard to the files it covers, as they were when it was written. A file counts
+    as changed when its size, etag or (without etags: local disks) modification time differs from the recorded
+    one, where both sides know it. What is held is one entry per covered file, never the listing's new files;
+    with `keep_listed` (for `redo`) also the covered files as listed now.
     """
-    covered = {f.key: (shard, f) for shard, members in recorded.items() for f in members}
-    new, changed = [], []
-    for file in files:
-        shard, was = covered.pop(file.key, (None, None))
-        if was is None:
-            new.append(file)
-        elif _differs(was, file):
-            changed.append(Change(shard, was, file))
-    vanished = [Change(shard, was, None) for _, (shard, was) in sorted(covered.items())]
-    return Coverage(new, changed, vanished)
+
+    def __init__(self, recorded: dict[str, tuple[SourceFile, ...]], files: Iterable[SourceFile],
+                 keep_listed: bool = False) -> None:
+        self._recorded = recorded
+        self._covered = {f.key: f for members in recorded.values() for f in members}
+        self._listed: dict[str, SourceFile] | None = {} if keep_listed else None
+        self._files = files
+        self.new = 0
+        """Files yielded so far."""
+        self.changed: list[Change] = []
+        """Covered files whose size, etag or mtime differs from the recorded one."""
+        self.vanished: list[Change] = []
+        """Covered files that are no longer listed."""
+
+    def __iter__(self) -> Iterator[SourceFile]:
+        differing: list[tuple[SourceFile, SourceFile]] = []
+        for file in self._files:
+            was = self._covered.pop(file.key, None)
+            if was is None:
+                self.new += 1
+                yield file
+                continue
+            if self._listed is not None:
+                self._listed[file.key] = file
+            if _differs(was, file):
+                differing.append((was, file))
+        gone = sorted(self._covered.values(), key=lambda file: file.key)  # what is left was not listed
+        shard_of = self._shards_of({was.key for was in gone} | {was.key for was, _ in differing})
+        self.changed = [Change(shard_of[was.key], was, now) for was, now in differing]
+        self.vanished = [Change(shard_of[was.key], was, None) for was in gone]
+
+    def redo(self, input_format: str) -> list[Shard]:
+        """`redo` for the changed files, once the iteration ended (needs `keep_listed`)."""
+        assert self._listed is not None, "Comparison(keep_listed=True) keeps what redo needs"
+        return redo(self._recorded, self.changed, self._listed.values(), input_format)
+
+    def _shards_of(self, keys: set[str]) -> dict[str, str]:
+        """The shard covering each of `keys`: looked up for the few changed or vanished files only, since a map of
+        every covered file to its shard would cost as much memory as `_covered`."""
+        if not keys:
+            return {}
+        return {f.key: shard for shard, members in self._recorded.items() for f in members if f.key in keys}
 
 
-def redo(recorded: dict[str, tuple[SourceFile, ...]], changed: list[Change], files: list[SourceFile],
+def compare(recorded: dict[str, tuple[SourceFile, ...]], files: Iterable[SourceFile]) -> Coverage:
+    """Which of `files` (listed now) no finished shard covers, and which covered files changed or vanished
+    (`Comparison`, read to the end)."""
+    comparison = Comparison(recorded, files)
+    new = list(comparison)
+    return Coverage(new, comparison.changed, comparison.vanished)
+
+
+def redo(recorded: dict[str, tuple[SourceFile, ...]], changed: list[Change], files: Iterable[SourceFile],
          input_format: str) -> list[Shard]:
     """The finished shards holding `changed` files, to be written again whole under their own names (so their
     new mask file replaces the old one and no image appears twice): their recorded files still listed, as
-    listed now. Files of theirs that vanished are left out."""
+    listed now (`files`: at least those). Files of theirs that vanished are left out."""
     listed = {f.key: f for f in files}
     names = sorted({change.shard for change in changed})
     return [Shard(name, input_format, tuple(listed[f.key] for f in recorded[name] if f.key in listed))
@@ -233,8 +388,10 @@ def redo(recorded: dict[str, tuple[SourceFile, ...]], changed: list[Change], fil
 
 
 def _differs(was: SourceFile, now: SourceFile) -> bool:
-    return any(old is not None and new is not None and old != new
-               for old, new in ((was.size, now.size), (was.etag, now.etag), (was.mtime, now.mtime)))
+    # Spelled out rather than a loop over the three pairs: a re-run calls this for every covered file.
+    return ((was.size != now.size and was.size is not None and now.size is not None)
+            or (was.etag != now.etag and was.etag is not None and now.etag is not None)
+            or (was.mtime != now.mtime and was.mtime is not None and now.mtime is not None))
 
 
 def read(shard: Shard, source: Location, columns: ParquetColumns = ParquetColumns()) -> Iterator[Record]:

@@ -114,6 +114,17 @@ def test_bench_driver(tmp_path, ray_cluster):
                               "driver_peak_mib"])
 
 
+def test_bench_plan(tmp_path):
+    figures = bench("bench_plan", "--files", "2000", "--grow", "0.01", out=tmp_path / "figures.json")
+    first, rerun = figures["first"], figures["rerun"]
+    assert (first["files"], first["shards"], first["files_new"]) == (2000, 2, 2000)
+    assert (rerun["files"], rerun["shards"], rerun["shards_skipped"]) == (20, 1, 2), "only the new keys, once"
+    assert (rerun["files_changed"], rerun["files_vanished"]) == (0, 0)
+    for run in (first, rerun):
+        assert_measured(run, ["first_shard_s", "planning_s", "peak_mib"])
+        assert run["first_shard_s"] <= run["planning_s"]
+
+
 def test_bench_cluster(tmp_path, ray_cluster):
     figures = bench("bench_cluster", "--descriptors", "2000", "--per-shard", "500", "--dim", "8", "--classes", "4",
                     "--sample", "1000", "--actors", "1", "--address", ray_cluster, out=tmp_path / "figures.json")

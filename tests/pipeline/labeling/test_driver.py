@@ -336,6 +336,23 @@ def test_a_grown_folder_gets_exactly_its_new_files_labeled_in_new_shards(tmp_pat
     assert (again.files_new, again.shards_written, again.shards_skipped) == (0, 0, 3)
 
 
+def test_the_first_shard_is_planned_before_the_listing_ends_and_the_counts_come_once_it_ended(tmp_path,
+                                                                                               monkeypatch):
+    for folder in ("a", "b", "c"):
+        write_files(tmp_path / "in" / folder, good_images(2))
+    write_files(tmp_path / "in", {"notes.txt": b"listed last"})
+    source = Location(str(tmp_path / "in"))
+    listed, ls = [], source.fs.ls
+    monkeypatch.setattr(source.fs, "ls", lambda path, **options: listed.append(path) or ls(path, **options))
+    planned = driver.plan(job(str(tmp_path / "in"), str(tmp_path / "out"), shard_size=2))
+    inputs = [path for path in listed if path.startswith(str(tmp_path / "in"))]
+    assert planned.todo and inputs == [str(tmp_path / "in"), str(tmp_path / "in" / "a")]
+    assert not planned.todo.done and planned.todo.ahead(2) == 2, "read ahead only as far as asked"
+    assert [shard.name for shard in planned.todo] == ["part-00000", "part-00001", "part-00002"]
+    assert planned.todo.done and planned.todo.given == 3 and planned.todo.next() is None
+    assert (planned.listing.ignored, planned.comparison.new, planned.skipped) == (1, 6, 0)
+
+
 def test_a_changed_and_a_deleted_file_on_s3_are_reported_and_the_changed_one_relabeled_when_asked(bucket):
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     images = good_images(6)

@@ -2,17 +2,21 @@ import os
 
 import pytest
 
+from pipeline.labeling import sources
 from pipeline.labeling.sources import (
+    Comparison,
     InputError,
     ParquetColumns,
     SourceFile,
     compare,
     inventory,
+    listing,
     next_part,
     read,
     read_source,
     redo,
     shards,
+    walk,
 )
 from pipeline.labeling.storage import Location
 from tests.pipeline.labeling.data import good_images, parquet_bytes, tar_bytes, write_files
@@ -157,3 +161,49 @@ def test_local_files_carry_their_modification_time_so_a_same_size_rewrite_is_a_c
     [after] = inventory(Location(str(tmp_path))).shards[0].files
     assert before.size == after.size and before.mtime != after.mtime
     assert [change.now for change in compare({"part-00000": (before,)}, [after]).changed] == [after]
+
+
+def test_the_listing_goes_folder_by_folder_in_the_order_of_sorted_keys(tmp_path):
+    write_files(tmp_path, {name: b"x" for name in ("a.png", "a/b.png", "a0.png", "a-x.png", "b/c/d.png", "b.txt")})
+    source = Location(str(tmp_path))
+    assert [key for key, _ in walk(source)] == sorted(source.files())
+
+
+def test_the_first_shard_is_made_before_the_last_folder_is_listed(tmp_path, monkeypatch):
+    images = good_images(2)
+    for folder in ("a", "b", "c"):
+        write_files(tmp_path / folder, images)
+    source = Location(str(tmp_path))
+    listed, ls = [], source.fs.ls
+    monkeypatch.setattr(source.fs, "ls", lambda path, **options: listed.append(path) or ls(path, **options))
+    found = listing(source)
+    made = shards(found.format, found, 2)
+    assert [f.key for f in next(made).files] == ["a/img-000.png", "a/img-001.jpg"]
+    assert listed == [str(tmp_path), str(tmp_path / "a")], "one folder listed at a time, and only as needed"
+    assert [shard.name for shard in made] == ["part-00001", "part-00002"] and listed[-1] == str(tmp_path / "c")
+
+
+def test_a_comparison_yields_new_files_as_they_come_and_knows_the_vanished_ones_at_the_end():
+    recorded = {"part-0": tuple(files(("b.png", 1), ("c.png", 1)))}
+    comparison = Comparison(recorded, iter(files(("a.png", 1), ("b.png", 2))))
+    stream = iter(comparison)
+    assert next(stream).key == "a.png" and comparison.vanished == []
+    assert list(stream) == [] and comparison.new == 1
+    assert [c.recorded.key for c in comparison.changed] == ["b.png"]
+    assert [c.recorded.key for c in comparison.vanished] == ["c.png"]
+
+
+@pytest.mark.integration
+def test_a_prefix_on_s3_is_listed_page_by_page_in_key_order(bucket, monkeypatch):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.pipe({f"{bucket}/in/{name}": b"x" for name in ("a.png", "a/b.png", "a0.png", "a-x.png", "b/c/d.png", "b.txt")})
+    fs.pipe(f"{bucket}/other.png", b"x")
+    monkeypatch.setattr(sources, "PAGE", 2)
+    source = Location(f"s3://{bucket}/in")
+    assert [key for key, _ in walk(source)] == sorted(source.files()) == ["a-x.png", "a.png", "a/b.png", "a0.png",
+                                                                          "b.txt", "b/c/d.png"]
+    found = inventory(source)
+    assert found.ignored == 1 and all(f.etag and f.mtime is None for f in found.shards[0].files)
+    assert list(walk(Location(f"s3://{bucket}-missing/in"))) == []
