@@ -2,7 +2,7 @@
 
 A shard is the unit of work and of output: one input shard gives one mask Parquet file. Planning is
 deterministic: the same input always gives the same shards, with the same names. An input that grows is compared
-with what earlier runs recorded (`compare`): only its new files make new shards, so no file is labeled twice.
+with what earlier runs recorded (`Comparison`): only its new files make new shards, so no file is labeled twice.
 """
 
 from __future__ import annotations
@@ -109,18 +109,6 @@ class Change:
     """The file as the shard recorded it."""
     now: SourceFile | None
     """The file as listed now; None when it vanished."""
-
-
-@dataclass(frozen=True)
-class Coverage:
-    """An input's files compared with those that finished shards cover (`compare`)."""
-
-    new: list[SourceFile]
-    """Files no finished shard covers, sorted by key: the next shards."""
-    changed: list[Change]
-    """Covered files whose size, etag or mtime differs from the recorded one."""
-    vanished: list[Change]
-    """Covered files that are no longer listed."""
 
 
 def inventory(source: Location, input_format: str = "auto", shard_size: int = 1000,
@@ -356,9 +344,14 @@ class Comparison:
         self.vanished = [Change(shard_of[was.key], was, None) for was in gone]
 
     def redo(self, input_format: str) -> list[Shard]:
-        """`redo` for the changed files, once the iteration ended (needs `keep_listed`)."""
+        """The finished shards holding changed files, once the iteration ended (needs `keep_listed`), to be written
+        again whole under their own names (so their new mask file replaces the old one and no image appears twice):
+        their recorded files still listed, as listed now. Files of theirs that vanished are left out."""
         assert self._listed is not None, "Comparison(keep_listed=True) keeps what redo needs"
-        return redo(self._recorded, self.changed, self._listed.values(), input_format)
+        listed = self._listed
+        names = sorted({change.shard for change in self.changed})
+        return [Shard(name, input_format, tuple(listed[f.key] for f in self._recorded[name] if f.key in listed))
+                for name in names]
 
     def _shards_of(self, keys: set[str]) -> dict[str, str]:
         """The shard covering each of `keys`: looked up for the few changed or vanished files only, since a map of
@@ -366,25 +359,6 @@ class Comparison:
         if not keys:
             return {}
         return {f.key: shard for shard, members in self._recorded.items() for f in members if f.key in keys}
-
-
-def compare(recorded: dict[str, tuple[SourceFile, ...]], files: Iterable[SourceFile]) -> Coverage:
-    """Which of `files` (listed now) no finished shard covers, and which covered files changed or vanished
-    (`Comparison`, read to the end)."""
-    comparison = Comparison(recorded, files)
-    new = list(comparison)
-    return Coverage(new, comparison.changed, comparison.vanished)
-
-
-def redo(recorded: dict[str, tuple[SourceFile, ...]], changed: list[Change], files: Iterable[SourceFile],
-         input_format: str) -> list[Shard]:
-    """The finished shards holding `changed` files, to be written again whole under their own names (so their
-    new mask file replaces the old one and no image appears twice): their recorded files still listed, as
-    listed now (`files`: at least those). Files of theirs that vanished are left out."""
-    listed = {f.key: f for f in files}
-    names = sorted({change.shard for change in changed})
-    return [Shard(name, input_format, tuple(listed[f.key] for f in recorded[name] if f.key in listed))
-            for name in names]
 
 
 def _differs(was: SourceFile, now: SourceFile) -> bool:

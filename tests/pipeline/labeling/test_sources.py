@@ -8,13 +8,11 @@ from pipeline.labeling.sources import (
     InputError,
     ParquetColumns,
     SourceFile,
-    compare,
     inventory,
     listing,
     next_part,
     read,
     read_source,
-    redo,
     shards,
     walk,
 )
@@ -126,10 +124,11 @@ def files(*specs: tuple[str, int]) -> list[SourceFile]:
 def test_files_no_finished_shard_covers_make_new_shards_numbered_after_the_finished_ones():
     recorded = {"part-00000": tuple(files(("b.png", 1), ("d.png", 1))), "part-00001": tuple(files(("f.png", 1)))}
     now = files(("a.png", 1), ("b.png", 1), ("c.png", 1), ("d.png", 1), ("e.png", 1), ("f.png", 1), ("g.png", 1))
-    coverage = compare(recorded, now)
-    assert [f.key for f in coverage.new] == ["a.png", "c.png", "e.png", "g.png"]
+    coverage = Comparison(recorded, now)
+    new = list(coverage)
+    assert [f.key for f in new] == ["a.png", "c.png", "e.png", "g.png"]
     assert (coverage.changed, coverage.vanished) == ([], [])
-    made = shards("images", coverage.new, 3, first=next_part(recorded))
+    made = shards("images", new, 3, first=next_part(recorded))
     assert [(s.name, [f.key for f in s.files]) for s in made] == [("part-00002", ["a.png", "c.png", "e.png"]),
                                                                   ("part-00003", ["g.png"])]
     assert next_part(["part-00009", "part-00010", "shards/000"]) == 11 and next_part([]) == 0
@@ -139,8 +138,8 @@ def test_covered_files_whose_size_or_etag_differs_are_changed_and_unlisted_ones_
     recorded = {"part-0": (SourceFile("a.png", 5, "e1"), SourceFile("b.png", 5, None), SourceFile("c.png", 5, None)),
                 "part-1": (SourceFile("d.png", 5, "e4"),)}
     now = [SourceFile("a.png", 5, "e2"), SourceFile("b.png", 6, None), SourceFile("d.png", 5, "e4")]
-    coverage = compare(recorded, now)
-    assert coverage.new == []
+    coverage = Comparison(recorded, now)
+    assert list(coverage) == []
     assert [(c.shard, c.recorded.key, c.now) for c in coverage.changed] == [("part-0", "a.png", now[0]),
                                                                            ("part-0", "b.png", now[1])]
     assert [(c.shard, c.recorded.key, c.now) for c in coverage.vanished] == [("part-0", "c.png", None)]
@@ -149,7 +148,9 @@ def test_covered_files_whose_size_or_etag_differs_are_changed_and_unlisted_ones_
 def test_a_shard_holding_a_changed_file_is_redone_whole_under_its_name_without_its_vanished_files():
     recorded = {"part-0": tuple(files(("a.png", 1), ("b.png", 1), ("c.png", 1))), "part-1": tuple(files(("d.png", 1)))}
     now = files(("a.png", 2), ("b.png", 1), ("d.png", 1))
-    [shard] = redo(recorded, compare(recorded, now).changed, now, "images")
+    coverage = Comparison(recorded, now, keep_listed=True)
+    assert list(coverage) == []
+    [shard] = coverage.redo("images")
     assert (shard.name, shard.files) == ("part-0", (now[0], now[1]))
 
 
@@ -160,7 +161,8 @@ def test_local_files_carry_their_modification_time_so_a_same_size_rewrite_is_a_c
     (tmp_path / "a.png").write_bytes(b"two")
     [after] = inventory(Location(str(tmp_path))).shards[0].files
     assert before.size == after.size and before.mtime != after.mtime
-    assert [change.now for change in compare({"part-00000": (before,)}, [after]).changed] == [after]
+    coverage = Comparison({"part-00000": (before,)}, [after])
+    assert list(coverage) == [] and [change.now for change in coverage.changed] == [after]
 
 
 def test_the_listing_goes_folder_by_folder_in_the_order_of_sorted_keys(tmp_path):
