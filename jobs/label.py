@@ -73,6 +73,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--relabel-changed", action="store_true",
                    help="relabel input files that changed since they were labeled (each whole shard holding one, "
                         "replacing its mask file); default: only report them")
+    p.add_argument("--max-files", type=int, default=None,
+                   help="label at most N new input files, the first in key order, and stop listing there: a trial "
+                        "run on the start of a huge input (run again without it for the rest)")
     p.add_argument("--storage-options", default=None, help="JSON object of fsspec options for input and output")
     p.add_argument("--address", default=None,
                    help="Ray cluster address, or auto for a running local one (default: RAY_ADDRESS, else a new "
@@ -88,7 +91,8 @@ def job_from_args(args: argparse.Namespace) -> LabelJob:
                                ("--gpus-per-actor", args.gpus_per_actor, 0), ("--max-pixels", args.max_pixels, 1),
                                ("--cpus-per-actor", args.cpus_per_actor, 0.001),
                                ("--memory-per-actor", args.memory_per_actor, 0),
-                               ("--retry-delay", args.retry_delay, 0), ("--startup-timeout", args.startup_timeout, 0)):
+                               ("--retry-delay", args.retry_delay, 0), ("--startup-timeout", args.startup_timeout, 0),
+                               ("--max-files", args.max_files, 1)):
         if value is not None and value < least:
             raise ValueError(f"{flag} must be at least {least:g}, got {value:g}")
     if args.gpus_per_actor is not None and args.gpus_per_actor > 1:
@@ -103,7 +107,8 @@ def job_from_args(args: argparse.Namespace) -> LabelJob:
                     batch_size=args.batch_size, dtype=args.dtype, max_pixels=args.max_pixels,
                     descriptors=args.descriptors,
                     max_retries=args.max_retries, retry_delay=args.retry_delay, startup_timeout=args.startup_timeout,
-                    relabel_changed=args.relabel_changed, storage_options=parse_storage_options(args.storage_options))
+                    relabel_changed=args.relabel_changed, max_files=args.max_files,
+                    storage_options=parse_storage_options(args.storage_options))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -131,7 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{summary.images_failed} failed, {summary.shards_written} shard(s) written, {summary.shards_skipped} "
           f"already done, {summary.shards_failed} failed; masks in {summary.output}" + _changes_line(summary)
           + (f"; {summary.files_ignored} file(s) under the input are not of its kind and were ignored"
-             if summary.files_ignored else ""), file=sys.stderr)
+             if summary.files_ignored else "")
+          + (f"; stopped listing at --max-files {job.max_files}: run again without it to label the rest"
+             if summary.max_files_reached else ""), file=sys.stderr)
     print(json.dumps(summary.to_dict()), flush=True)
     return 1 if summary.shards_failed else 0
 

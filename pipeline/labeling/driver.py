@@ -91,6 +91,9 @@ class Summary:
     """URI of the listing of the changed and vanished files (`_changes/RUN_ID.json`); "" when there are none."""
     unfinished_removed: int = 0
     """Mask files without a `_done/` marker (left by a run stopped between the two writes) deleted by this run."""
+    max_files_reached: bool = False
+    """The run labeled `LabelJob.max_files` new files and stopped listing there: the files after them were not
+    looked at (nor counted as changed or vanished); a run without the limit labels them."""
     in_flight_peak: int = 0
     """Most shards handed to actors at once (at most `IN_FLIGHT_PER_ACTOR` per actor): the driver's backlog
     and the object store's load stay bounded whatever the size of the input."""
@@ -188,8 +191,8 @@ class Plan:
     output: OutputDataset
     todo: Todo
     """Shards of the files no finished shard covers, then (with `relabel_changed`) finished shards to redo."""
-    recorded: dict[str, tuple[SourceFile, ...]]
-    """The finished shards and the files they cover."""
+    finished: list[str]
+    """The shards finished before this run."""
     listing: Listing
     comparison: Comparison
     """The input's files compared with those the finished shards cover; final once `todo` is done."""
@@ -203,7 +206,13 @@ class Plan:
     @property
     def skipped(self) -> int:
         """Finished shards left as they are (once `todo` is done)."""
-        return len(self.recorded) - len(self.redone)
+        return len(self.finished) - len(self.redone)
+
+    def begin(self) -> None:
+        """Record where this run's new image shards start (`OutputDataset.start_run`): called before the first
+        shard is handed out, once the output is claimed (a job that stops before writes nothing)."""
+        if self.listing.format == "images":
+            self.output.start_run(f"part-{next_part(self.finished):05d}")
 
 
 def plan(job: LabelJob) -> Plan:
@@ -224,20 +233,21 @@ def plan(job: LabelJob) -> Plan:
     found = listing(source, job.input_format, job.columns)
     identity = _identity(job, source, found.format)
     dataset.check(identity)
-    recorded = dataset.recorded()
-    comparison = Comparison(recorded, found, keep_listed=job.relabel_changed)
+    finished = sorted(dataset.done())
+    comparison = Comparison(dataset.covered(finished), found)
     redone: list[Shard] = []
-    todo = Todo(_todo(job, found.format, recorded, comparison, redone))
+    todo = Todo(_todo(job, found.format, dataset, finished, comparison, redone))
     todo.ahead(1)
-    return Plan(job, source, dataset, todo, recorded, found, comparison, identity, redone, started)
+    return Plan(job, source, dataset, todo, finished, found, comparison, identity, redone, started)
 
 
-def _todo(job: LabelJob, input_format: str, recorded: dict[str, tuple[SourceFile, ...]], comparison: Comparison,
+def _todo(job: LabelJob, input_format: str, dataset: OutputDataset, finished: list[str], comparison: Comparison,
           redone: list[Shard]) -> Iterator[Shard]:
     """New shards as the listing is read, then (`relabel_changed`) the finished ones to redo, added to `redone`."""
-    yield from shards(input_format, comparison, job.shard_size, first=next_part(recorded))
+    new = comparison if job.max_files is None else itertools.islice(comparison, job.max_files)
+    yield from shards(input_format, new, job.shard_size, first=next_part(finished))
     if job.relabel_changed:
-        redone.extend(comparison.redo(input_format))
+        redone.extend(comparison.redo(input_format, dataset.markers(comparison.redone_names)))
         yield from redone
 
 
@@ -263,6 +273,7 @@ def execute(planned: Plan, progress: bool = True, worker: type[LabelWorker] = La
         summary.startup_seconds = time.perf_counter() - starting
         try:
             planned.output.claim({**planned.identity, "model": model})
+            planned.begin()
             _schedule(actors, planned.todo, planned.job, summary, progress)
         finally:
             for actor in actors:
@@ -284,6 +295,7 @@ def _count_files(planned: Plan, summary: Summary) -> None:
     summary.files_new, summary.files_changed = comparison.new, len(comparison.changed)
     summary.files_vanished = len(comparison.vanished)
     summary.files_relabeled = len(comparison.changed) if planned.job.relabel_changed else 0
+    summary.max_files_reached = comparison.new == planned.job.max_files
     if comparison.changed or comparison.vanished:
         summary.changes = planned.output.write_changes(summary.run_id, _changes(planned, summary.run_id))
 

@@ -55,4 +55,7 @@ class LabelJob:
     relabel_changed: bool = False
     """Redo the finished shards holding input files that changed since they were written (each such shard whole,
     under its own name, so its new mask file replaces the old one); otherwise they are only reported."""
+    max_files: int | None = None
+    """Label at most this many of the input files no finished shard covers, the first ones in key order, and stop
+    listing there: a trial run on the start of a huge input. A later run without it labels the rest. None: all."""
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)

@@ -9,6 +9,8 @@ Layout under the output URL (names starting with `_` are bookkeeping that datase
     _diffseg.json           the manifest: the settings every file here was made with
     _changes/RUN_ID.json    input files that changed or vanished since the shard covering them was written,
                             as the run RUN_ID found them
+    _runs/part-NNNNN.json   a run's new image shards start at part-NNNNN: from there up to the next such record,
+                            the shards' files follow each other in key order (`OutputDataset.covered`)
 
 This module is the format's one writer and one reader: `OutputDataset` writes shards and reads rows, the
 manifest and provenance back; `decode_mask` is the one decoder of a mask PNG (`diffseg.visualize.label_png`
@@ -17,10 +19,13 @@ encodes it).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import io
 import json
-from collections.abc import Iterator, Sequence
+import re
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,12 +63,15 @@ METADATA_KEY = "diffseg"
 MANIFEST = "_diffseg.json"
 DONE = "_done"
 CHANGES = "_changes"
+RUNS = "_runs"
 FILE = "__filename"
 """Not a column of the files: asked for among the columns of `OutputDataset.rows` or `.take`, the mask file the
 row is in, relative to the output (what `OutputDataset.provenance` takes)."""
-MARKERS_AT_ONCE = 256
-"""`_done/` markers `OutputDataset.recorded` fetches together: concurrent requests on object stores, while the
-text held at once stays bounded (a million files' markers are about 80 MB of JSON)."""
+MARKERS_AT_ONCE = 32
+"""`_done/` markers `OutputDataset.covered` fetches together: concurrent requests on object stores, while what is
+held at once stays bounded (32 markers of 1,000 files are about 3 MB of JSON)."""
+Covered = tuple[str, str, SourceFile]
+"""A file a finished shard covers, as `(key, shard, file)`: ordered by key first, as `heapq.merge` takes them."""
 
 
 class OutputConflict(RuntimeError):
@@ -176,7 +184,7 @@ class OutputDataset:
         """Write the shard's mask file (`rows` as `encode_shard` takes them) in one piece, then its marker, and
         return the marker. A retry after a crash between the two rewrites the same file name, so a shard never
         appears twice. The marker lists the input files the shard covers (`provenance["shard"]["files"]`, when
-        given), so that the next run knows them from the markers alone (`recorded`)."""
+        given), so that the next run knows them from the markers alone (`covered`)."""
         self.location.write(f"{shard}.parquet", encode_shard(rows, provenance, self.schema))
         marker = {"shard": shard, "file": f"{shard}.parquet", "rows": len(rows),
                   "images_ok": sum(row.status == "ok" for row in rows),
@@ -188,26 +196,61 @@ class OutputDataset:
         self.location.write(f"{DONE}/{shard}.json", json.dumps(marker).encode())
         return marker
 
-    def recorded(self) -> dict[str, tuple[SourceFile, ...]]:
-        """Each finished shard and the input files it covers, as they were when it was written.
+    def start_run(self, first: str) -> None:
+        """Record that the new shards of the run starting now are numbered from the image shard `first`.
 
-        Read from the `_done/` markers (one small file per shard, `MARKERS_AT_ONCE` fetched together); a marker
-        written before markers listed files is completed from its mask file's footer (the provenance's
-        `shard.files`).
+        A run's new shards take the files no finished shard covers in key order, so their files follow each other
+        in key order from one shard to the next; the record tells `covered` where such a sequence begins. Written
+        before the first of them is handed out; a record left by a run that finished nothing only splits a
+        sequence in two, which costs nothing."""
+        self.location.write(f"{RUNS}/{first}.json", json.dumps({"first_shard": first, "created": time.time()}).encode())
 
-        Raises:
+    def covered(self, finished: Iterable[str]) -> list[Iterator[Covered]]:
+        """The input files that the shards `finished` cover, as they were when each was written: sequences of
+        `(key, shard, file)` in key order, for `sources.Comparison` to merge with the listing.
+
+        The image shards of each run (see `start_run`) make one sequence, its `_done/` markers read
+        `MARKERS_AT_ONCE` at a time as it is iterated, so what is held is a few markers per run. Shards named by
+        their file (tar and Parquet inputs: one file each) and image shards written before runs were recorded
+        make one more sequence (the first), read at once and sorted. A marker written before markers listed files is
+        completed from its mask file's footer (the provenance's `shard.files`).
+
+        Raises (also while iterating):
+            StorageError: a marker, or the footer an old marker needs, cannot be read; or the markers of one run do
+                not follow key order.
+        """
+        numbered = sorted((int(found[1]), name) for name in finished if (found := re.fullmatch(r"part-(\d+)", name)))
+        starts = sorted(int(found[1]) for key in self.location.files(RUNS)
+                        if (found := re.fullmatch(rf"{RUNS}/part-(\d+)\.json", key)))
+        runs: dict[int, list[str]] = {}
+        unordered = sorted(set(finished) - {name for _, name in numbered})
+        for number, name in numbered:
+            run = bisect.bisect_right(starts, number) - 1
+            if run < 0:
+                unordered.append(name)
+            else:
+                runs.setdefault(run, []).append(name)
+        sequences = [self._in_order(names) for names in runs.values()]
+        if unordered:
+            sequences.insert(0, iter(sorted((f.key, shard, f) for shard, files in self.markers(unordered)
+                                            for f in files)))
+        return sequences
+
+    def markers(self, names: Sequence[str]) -> Iterator[tuple[str, tuple[SourceFile, ...]]]:
+        """Each of the finished shards `names`, in that order, with the input files it covers (from its `_done/`
+        marker, `MARKERS_AT_ONCE` fetched together).
+
+        Raises (while iterating):
             StorageError: a marker, or the footer an old marker needs, cannot be read.
         """
-        paths = [self.location.path(key) for key in sorted(self.location.files(DONE)) if key.endswith(".json")]
-        recorded = {}
-        for start in range(0, len(paths), MARKERS_AT_ONCE):
+        for start in range(0, len(names), MARKERS_AT_ONCE):
+            paths = [self.location.path(f"{DONE}/{name}.json") for name in names[start:start + MARKERS_AT_ONCE]]
             try:
-                markers = [json.loads(data) for data in
-                           self.location.fs.cat(paths[start:start + MARKERS_AT_ONCE]).values()]
-            except (OSError, ValueError) as error:
+                fetched = self.location.fs.cat(paths)
+                markers = [json.loads(fetched[path]) for path in paths]
+            except (OSError, ValueError, KeyError) as error:
                 raise StorageError(f"{self.location.url}: cannot read the {DONE} markers ({error})") from None
-            recorded.update((marker["shard"], self._covered(marker)) for marker in markers)
-        return recorded
+            yield from ((marker["shard"], self._covered(marker)) for marker in markers)
 
     def _covered(self, marker: dict[str, Any]) -> tuple[SourceFile, ...]:
         """The input files a marker's shard covers: its own list, else its mask file's provenance."""
@@ -220,6 +263,17 @@ class OutputDataset:
                                "(written by an older version); label into another --output")
         return tuple(SourceFile(f.get("key") or f["uri"].removeprefix(root), f["size"], f["etag"], f.get("mtime"))
                      for f in files)
+
+    def _in_order(self, names: Sequence[str]) -> Iterator[Covered]:
+        """The files of one run's shards `names` (in number order), checked to follow each other in key order."""
+        last = ""
+        for shard, files in self.markers(names):
+            for file in files:
+                if file.key <= last:
+                    raise StorageError(f"{self.location.url}: {DONE}/{shard}.json lists {file.key!r} after {last!r}, "
+                                       f"out of key order (see {RUNS}/); label into another --output")
+                last = file.key
+                yield last, shard, file
 
     def remove_unfinished(self) -> list[str]:
         """Delete the mask files that have no `_done/` marker and return their names: what a run stopped between

@@ -7,13 +7,14 @@ with what earlier runs recorded (`Comparison`): only its new files make new shar
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import posixpath
 import re
 import tarfile
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import fsspec
 import fsspec.asyn
@@ -39,10 +40,9 @@ class InputError(ValueError):
     """The input cannot be planned; the message names it and says why in one line."""
 
 
-@dataclass(frozen=True, slots=True)
-class SourceFile:
-    """One input file, with what identifies its content version. Slotted: a re-run holds one for every file that
-    the finished shards cover."""
+class SourceFile(NamedTuple):
+    """One input file, with what identifies its content version. A named tuple: planning makes one per listed file
+    and per covered one, and a tuple is made in half a dataclass's time."""
 
     key: str
     """Path relative to the input root, '/'-separated."""
@@ -163,7 +163,9 @@ class Listing:
         listed = kept = 0
         for key, info in walk(self.source):
             listed += 1
-            kind = _SUFFIX_FORMATS.get(posixpath.splitext(key)[1].lower())
+            # The suffix from the last dot on (not `splitext`, twice as slow): a dot in a folder name or a hidden
+            # file's leading one gives no known suffix or is caught as hidden below, as with `splitext`.
+            kind = _SUFFIX_FORMATS.get(key[key.rfind("."):].lower()) if "." in key else None
             if kind and "/." in f"/{key}":  # hidden file or folder
                 kind = None
             if kind and self.format == "auto":
@@ -307,17 +309,17 @@ class Comparison:
     """Files listed now, compared as they come with those that finished shards cover: iterating (once) yields
     the files no finished shard covers; `changed` and `vanished` are final once the iteration ended.
 
-    `recorded` maps each finished shard to the files it covers, as they were when it was written. A file counts
-    as changed when its size, etag or (without etags: local disks) modification time differs from the recorded
-    one, where both sides know it. What is held is one entry per covered file, never the listing's new files;
-    with `keep_listed` (for `redo`) also the covered files as listed now.
+    `covered` are sequences of `(key, shard, file)` in key order, the files as their shard recorded them
+    (`OutputDataset.covered`): merged as the listing (in key order too) goes on, so what is held is the head of
+    each sequence, never the listing's files nor every covered one. A file counts as changed when its size, etag
+    or (without etags: local disks) modification time differs from the recorded one, where both sides know it.
+
+    Raises (while iterating):
+        InputError: the listing is not in key order (a store that does not list keys sorted).
     """
 
-    def __init__(self, recorded: dict[str, tuple[SourceFile, ...]], files: Iterable[SourceFile],
-                 keep_listed: bool = False) -> None:
-        self._recorded = recorded
-        self._covered = {f.key: f for members in recorded.values() for f in members}
-        self._listed: dict[str, SourceFile] | None = {} if keep_listed else None
+    def __init__(self, covered: Iterable[Iterable[tuple[str, str, SourceFile]]], files: Iterable[SourceFile]) -> None:
+        self._covered = covered
         self._files = files
         self.new = 0
         """Files yielded so far."""
@@ -327,38 +329,43 @@ class Comparison:
         """Covered files that are no longer listed."""
 
     def __iter__(self) -> Iterator[SourceFile]:
-        differing: list[tuple[SourceFile, SourceFile]] = []
+        sequences = [iter(sequence) for sequence in self._covered]
+        covered = sequences[0] if len(sequences) == 1 else heapq.merge(*sequences)
+        pending = next(covered, None)
+        last = ""
         for file in self._files:
-            was = self._covered.pop(file.key, None)
-            if was is None:
+            key = file.key
+            if key <= last:
+                raise InputError(f"the input lists {key!r} after {last!r}: planning needs its keys listed in order")
+            last = key
+            while pending is not None and pending[0] < key:
+                self.vanished.append(Change(pending[1], pending[2], None))
+                pending = next(covered, None)
+            if pending is not None and pending[0] == key:
+                if _differs(pending[2], file):
+                    self.changed.append(Change(pending[1], pending[2], file))
+                pending = next(covered, None)
+            else:
                 self.new += 1
                 yield file
-                continue
-            if self._listed is not None:
-                self._listed[file.key] = file
-            if _differs(was, file):
-                differing.append((was, file))
-        gone = sorted(self._covered.values(), key=lambda file: file.key)  # what is left was not listed
-        shard_of = self._shards_of({was.key for was in gone} | {was.key for was, _ in differing})
-        self.changed = [Change(shard_of[was.key], was, now) for was, now in differing]
-        self.vanished = [Change(shard_of[was.key], was, None) for was in gone]
+        while pending is not None:
+            self.vanished.append(Change(pending[1], pending[2], None))
+            pending = next(covered, None)
 
-    def redo(self, input_format: str) -> list[Shard]:
-        """The finished shards holding changed files, once the iteration ended (needs `keep_listed`), to be written
-        again whole under their own names (so their new mask file replaces the old one and no image appears twice):
-        their recorded files still listed, as listed now. Files of theirs that vanished are left out."""
-        assert self._listed is not None, "Comparison(keep_listed=True) keeps what redo needs"
-        listed = self._listed
-        names = sorted({change.shard for change in self.changed})
-        return [Shard(name, input_format, tuple(listed[f.key] for f in self._recorded[name] if f.key in listed))
-                for name in names]
+    def redo(self, input_format: str, recorded: Iterable[tuple[str, tuple[SourceFile, ...]]]) -> list[Shard]:
+        """The finished shards holding changed files, once the iteration ended, to be written again whole under
+        their own names (so their new mask file replaces the old one and no image appears twice). `recorded`
+        gives the files of those shards (`OutputDataset.markers` of `redone_names`); each shard keeps its files
+        still listed, the changed ones as listed now, and leaves out those that vanished."""
+        now = {change.recorded.key: change.now for change in self.changed}
+        gone = {change.recorded.key for change in self.vanished}
+        return [Shard(name, input_format, tuple(now.get(f.key, f) for f in files if f.key not in gone))
+                for name, files in recorded]
 
-    def _shards_of(self, keys: set[str]) -> dict[str, str]:
-        """The shard covering each of `keys`: looked up for the few changed or vanished files only, since a map of
-        every covered file to its shard would cost as much memory as `_covered`."""
-        if not keys:
-            return {}
-        return {f.key: shard for shard, members in self._recorded.items() for f in members if f.key in keys}
+    @property
+    def redone_names(self) -> list[str]:
+        """The finished shards that hold changed files (once the iteration ended), sorted."""
+        return sorted({change.shard for change in self.changed})
 
 
 def _differs(was: SourceFile, now: SourceFile) -> bool:

@@ -114,15 +114,17 @@ def test_bench_driver(tmp_path, ray_cluster):
                               "driver_peak_mib"])
 
 
-def test_bench_plan(tmp_path):
-    figures = bench("bench_plan", "--files", "2000", "--grow", "0.01", out=tmp_path / "figures.json")
+@pytest.mark.parametrize("store", [[], ["--s3"]], ids=["synthetic", "s3"])
+def test_bench_plan(tmp_path, store):
+    figures = bench("bench_plan", "--files", "2000", "--grow", "0.01", *store, out=tmp_path / "figures.json")
     first, rerun = figures["first"], figures["rerun"]
     assert (first["files"], first["shards"], first["files_new"]) == (2000, 2, 2000)
     assert (rerun["files"], rerun["shards"], rerun["shards_skipped"]) == (20, 1, 2), "only the new keys, once"
     assert (rerun["files_changed"], rerun["files_vanished"]) == (0, 0)
     for run in (first, rerun):
-        assert_measured(run, ["first_shard_s", "planning_s", "peak_mib"])
-        assert run["first_shard_s"] <= run["planning_s"]
+        assert_measured(run, ["planning_s", "peak_rss_mib"])
+        assert run["first_shard_s"] <= run["planning_s"] and run["growth_mib"] >= 0
+    assert {target["target"]: target["met"] for target in figures["targets"]}["re-run labels only the new files"]
 
 
 def test_bench_cluster(tmp_path, ray_cluster):

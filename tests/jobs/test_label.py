@@ -38,6 +38,7 @@ def summary_of(result: subprocess.CompletedProcess) -> dict:
     (["--storage-options", "{oops"], "error: --storage-options is not valid JSON"),
     (["--num-points", "1"], "error: num_points"),
     (["--gpus-per-actor", "2"], "error: --gpus-per-actor must be at most 1, got 2: a model replica runs on one GPU"),
+    (["--max-files", "0"], "error: --max-files must be at least 1, got 0"),
 ])
 def test_bad_flags_are_one_line_and_exit_two(tmp_path, args, message):
     result = label("--input", str(tmp_path), "--output", str(tmp_path / "out"), *args)

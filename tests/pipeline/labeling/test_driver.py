@@ -336,6 +336,23 @@ def test_a_grown_folder_gets_exactly_its_new_files_labeled_in_new_shards(tmp_pat
     assert (again.files_new, again.shards_written, again.shards_skipped) == (0, 0, 3)
 
 
+def test_a_trial_run_labels_the_first_files_and_a_full_run_the_rest_each_once(tmp_path, monkeypatch):
+    """`max_files`: the first files in key order, the listing stopped there (nothing after them is listed, nor
+    counted as vanished); the next run without it takes the rest as new files."""
+    for folder in ("a", "b", "c"):
+        write_files(tmp_path / "in" / folder, good_images(2))
+    images = {f"{folder}/{name}": data for folder in ("a", "b", "c") for name, data in good_images(2).items()}
+    source = Location(str(tmp_path / "in"))
+    listed, ls = [], source.fs.ls
+    monkeypatch.setattr(source.fs, "ls", lambda path, **options: listed.append(path) or ls(path, **options))
+    trial = run(job(str(tmp_path / "in"), str(tmp_path / "out"), max_files=3, shard_size=2), progress=False)
+    assert (trial.files_new, trial.max_files_reached, trial.images_ok, trial.shards_written) == (3, True, 3, 2)
+    assert str(tmp_path / "in" / "c") not in listed, "the listing stopped at the third file"
+    rest = run(job(str(tmp_path / "in"), str(tmp_path / "out"), shard_size=2), progress=False)
+    assert (rest.files_new, rest.max_files_reached, rest.files_vanished, rest.shards_skipped) == (3, False, 0, 2)
+    assert_masks_match_images(read_output(str(tmp_path / "out")), images)
+
+
 def test_the_first_shard_is_planned_before_the_listing_ends_and_the_counts_come_once_it_ended(tmp_path,
                                                                                                monkeypatch):
     for folder in ("a", "b", "c"):

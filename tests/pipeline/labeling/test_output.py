@@ -137,16 +137,62 @@ def shard_provenance(*files: tuple[str, int, str | None, float | None]) -> dict:
                                                     for key, size, etag, mtime in files]}}
 
 
+def covered_files(dataset: OutputDataset, finished: list[str]) -> list[list[tuple[str, str, SourceFile]]]:
+    return [list(sequence) for sequence in dataset.covered(finished)]
+
+
 def test_markers_record_the_input_files_their_shard_covers(tmp_path):
     dataset = OutputDataset(Location(str(tmp_path)))
-    assert dataset.recorded() == {}
+    assert covered_files(dataset, []) == []
     dataset.write("part-00000", rows(), shard_provenance(("a.png", 10, None, 1.5), ("b.png", 20, "e2", None)))
     dataset.write("sub/x", rows(), shard_provenance(("sub/x.tar", 30, "e3", None)))
     marker = json.loads((tmp_path / "_done" / "part-00000.json").read_text())
     assert marker["files"] == [{"key": "a.png", "size": 10, "etag": None, "mtime": 1.5},
                                {"key": "b.png", "size": 20, "etag": "e2", "mtime": None}]
-    assert dataset.recorded() == {"part-00000": (SourceFile("a.png", 10, None, 1.5), SourceFile("b.png", 20, "e2")),
-                                  "sub/x": (SourceFile("sub/x.tar", 30, "e3"),)}
+    assert dict(dataset.markers(["part-00000", "sub/x"])) == {
+        "part-00000": (SourceFile("a.png", 10, None, 1.5), SourceFile("b.png", 20, "e2")),
+        "sub/x": (SourceFile("sub/x.tar", 30, "e3"),)}
+    assert covered_files(dataset, ["part-00000", "sub/x"]) == [[
+        ("a.png", "part-00000", SourceFile("a.png", 10, None, 1.5)),
+        ("b.png", "part-00000", SourceFile("b.png", 20, "e2")),
+        ("sub/x.tar", "sub/x", SourceFile("sub/x.tar", 30, "e3"))]]
+
+
+def test_the_shards_of_each_run_are_one_key_ordered_sequence_read_a_few_markers_at_a_time(tmp_path, monkeypatch):
+    dataset = OutputDataset(Location(str(tmp_path)))
+    dataset.start_run("part-00000")
+    for number, keys in enumerate((["a.png", "c.png"], ["e.png", "g.png"])):
+        dataset.write(f"part-{number:05d}", rows(), shard_provenance(*((key, 1, None, None) for key in keys)))
+    dataset.start_run("part-00002")  # a later run: its new files sort among the first run's
+    for number, keys in enumerate((["b.png"], ["d.png", "f.png"]), start=2):
+        dataset.write(f"part-{number:05d}", rows(), shard_provenance(*((key, 1, None, None) for key in keys)))
+    monkeypatch.setattr("pipeline.labeling.output.MARKERS_AT_ONCE", 1)
+    finished = ["part-00000", "part-00001", "part-00002", "part-00003"]
+    first, second = dataset.covered(finished)
+    assert next(first)[:2] == ("a.png", "part-00000") and next(second)[:2] == ("b.png", "part-00002")
+    assert [key for key, *_ in first] == ["c.png", "e.png", "g.png"]
+    assert [(key, shard) for key, shard, _ in second] == [("d.png", "part-00003"), ("f.png", "part-00003")]
+
+
+def test_image_shards_written_before_runs_were_recorded_are_read_at_once_and_sorted(tmp_path):
+    dataset = OutputDataset(Location(str(tmp_path)))
+    for number, keys in enumerate((["a.png", "c.png"], ["b.png"])):  # two runs, the second's file among the first's
+        dataset.write(f"part-{number:05d}", rows(), shard_provenance(*((key, 1, None, None) for key in keys)))
+    dataset.start_run("part-00002")
+    dataset.write("part-00002", rows(), shard_provenance(("d.png", 1, None, None)))
+    old, new = covered_files(dataset, ["part-00000", "part-00001", "part-00002"])
+    assert [(key, shard) for key, shard, _ in new] == [("d.png", "part-00002")]
+    assert [(key, shard) for key, shard, _ in old] == [("a.png", "part-00000"), ("b.png", "part-00001"),
+                                                       ("c.png", "part-00000")]
+
+
+def test_markers_of_one_run_out_of_key_order_are_refused(tmp_path):
+    dataset = OutputDataset(Location(str(tmp_path)))
+    dataset.start_run("part-00000")
+    for number, key in enumerate(("b.png", "a.png")):
+        dataset.write(f"part-{number:05d}", rows(), shard_provenance((key, 1, None, None)))
+    with pytest.raises(StorageError, match="part-00001.json lists 'a.png' after 'b.png', out of key order"):
+        covered_files(dataset, ["part-00000", "part-00001"])
 
 
 def test_markers_written_before_they_listed_files_are_completed_from_the_footer(tmp_path):
@@ -157,10 +203,10 @@ def test_markers_written_before_they_listed_files_are_completed_from_the_footer(
     dataset.write("part-00000", rows(), provenance)
     marker = tmp_path / "_done" / "part-00000.json"
     marker.write_text(json.dumps({k: v for k, v in json.loads(marker.read_text()).items() if k != "files"}))
-    assert dataset.recorded() == {"part-00000": (SourceFile("a.png", 10, None),)}
+    assert dict(dataset.markers(["part-00000"])) == {"part-00000": (SourceFile("a.png", 10, None),)}
     dataset.write("part-00001", rows(), {"run_id": "r0"})
     with pytest.raises(StorageError, match="part-00001.parquet does not record which input files it covers"):
-        dataset.recorded()
+        covered_files(dataset, ["part-00000", "part-00001"])
 
 
 def test_mask_files_without_a_marker_are_removed_as_a_stopped_run_left_them(tmp_path):
