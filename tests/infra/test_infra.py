@@ -113,7 +113,7 @@ def job_commands() -> list[tuple[str, str]]:
                 commands += [c for value in strings_in(doc) for c in commands_in(value.replace("\n", " "))]
         elif path.suffix == ".md":
             commands = commands_in(uncommented(code_blocks(text)))
-        elif path.suffix in (".sh", ".dockerignore") or path.name == "Dockerfile":
+        elif path.suffix in (".sh", ".py", ".dockerignore") or path.name == "Dockerfile":
             commands = commands_in(uncommented(text))
         else:
             continue
@@ -229,7 +229,7 @@ SHAPES = {"kuberay": kuberay_shape, "aws": aws_shape}
 
 
 def simulated_resources(label, args, nodes: list[dict]) -> tuple[int, float, float, float]:
-    """(actors, gpus, cpus and memory per actor) as the job decides them (`pipeline.labeling.capacity`, with the job's
+    """(actors, gpus, cpus and memory per actor) as the job decides them (`pipeline.execution.capacity`, with the job's
     defaults) on an idle cluster of `nodes` (Ray resource dicts)."""
     from pipeline.labeling import capacity
 
@@ -306,7 +306,7 @@ COMMANDS = job_commands()
 
 def test_job_commands_are_found_where_expected():
     sources = {source for source, _ in COMMANDS}
-    for expected in ("infra/kuberay/rayjob.yaml", "infra/cluster-aws.yaml", "infra/local-cluster.sh",
+    for expected in ("infra/kuberay/rayjob.yaml", "infra/cluster-aws.yaml", "infra/local_cluster.py",
                      "infra/README.md", "README.md"):
         assert expected in sources, f"no `python jobs/label.py ...` command found in {expected}"
 
@@ -575,6 +575,7 @@ SCRIPT = INFRA / "local-cluster.sh"
 
 def test_local_cluster_script_is_valid_bash_with_help():
     assert subprocess.run(["bash", "-n", str(SCRIPT)]).returncode == 0
+    assert len(SCRIPT.read_text().splitlines()) == 2, "a wrapper of infra/local_cluster.py: a shebang and an exec"
     shown = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True, check=True).stdout
     for command in ("start", "status", "stop"):
         assert f"local-cluster.sh {command}" in shown
@@ -601,6 +602,11 @@ def check_cluster(nodes: list[list[str]], state: Path, port: int) -> tuple[list[
     ports: list[int] = []
     ranges: list[range] = []
     for words in nodes:
+        variables = dict(word.split("=", 1) for word in words[:2] if "=" in word)
+        # The head's metrics servers, which `ray start` has no flags for, on ports of their own as well.
+        assert set(variables) == ({"AUTOSCALER_METRIC_PORT", "DASHBOARD_METRIC_PORT"} if words is nodes[0] else set())
+        ports += [int(port) for port in variables.values()]
+        del words[:len(variables)]
         assert words[:3] == ["ray", "start", "--block"]
         assert option(words, "--node-ip-address") == "127.0.0.1"
         assert option(words, "--temp-dir") == f"{state}/ray", "all nodes share the cluster's own temp dir"
