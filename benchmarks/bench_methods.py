@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from benchmarks.bench_core import peak_gib, reset_peak, timed  # noqa: E402
 from diffseg import DiffSeg, DiffSegConfig  # noqa: E402
+from diffseg.methods import METHODS  # noqa: E402
 from diffseg.model import DTYPES  # noqa: E402
 from synthetic.photos import photo  # noqa: E402
 
@@ -72,7 +73,7 @@ def run_case(name: str, device: torch.device, dtype: torch.dtype, batch: int, re
     images = [segmenter.prepare(photo(1200, 900, seed=seed)) for seed in range(batch)]
     reset_peak(device)
     forwards = segmenter.forward_batch(images, batch)
-    if config.method == "diffcut":  # each forward's evidence is its features (h, w, C)
+    if METHODS[config.method].capture == "features":  # each forward's evidence is its features (h, w, C)
         forwards = [forward._replace(evidence=planted_features(forward.evidence)) for forward in forwards]
     times = timed({"forward": lambda: segmenter.forward_batch(images, batch),
                    "post": lambda: segmenter.label_batch_scored(images, forwards)}, repeat, device)

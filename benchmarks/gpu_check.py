@@ -471,6 +471,7 @@ def mask_agreement(json_path: Path, dry_run: bool) -> None:
     import torch
 
     from diffseg import DiffSeg, DiffSegConfig
+    from diffseg.methods import METHODS
     from synthetic.photos import photo
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -481,7 +482,7 @@ def mask_agreement(json_path: Path, dry_run: bool) -> None:
     images = [photo(width, height, seed) for seed, (width, height) in enumerate(MASK_SIZES[:2 if dry_run else 4])]
     figures: dict[str, Any] = {"device": device, "reference": "cpu", "resolution": resolution, "cases": []}
     for model in ("tiny", "tiny-xl"):
-        for method in ("diffseg", "diffcut"):
+        for method in METHODS:
             config = DiffSegConfig(method=method, resolution=resolution)
             maps = [DiffSeg.from_pretrained(model, config, device=where, dtype=torch.float32).segment(images)
                     for where in ("cpu", device)]

@@ -7,7 +7,8 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from .config import CROP_MODES, METHOD_DEFAULTS, METHODS, DiffSegConfig
+from .config import CROP_MODES, DiffSegConfig
+from .methods import METHODS, spoken
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -17,7 +18,7 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
-def add_algorithm_arguments(parser: argparse.ArgumentParser, methods: Sequence[str] = METHODS,
+def add_algorithm_arguments(parser: argparse.ArgumentParser, methods: Sequence[str] = tuple(METHODS),
                             crop: str = DiffSegConfig.crop,
                             kl_threshold: float | None = DiffSegConfig.kl_threshold) -> None:
     """The `DiffSegConfig` flags shared by every command line (`config_from_args` reads them back).
@@ -25,9 +26,7 @@ def add_algorithm_arguments(parser: argparse.ArgumentParser, methods: Sequence[s
     `crop` and `kl_threshold` are the command's defaults; `kl_threshold=None` leaves the threshold to the
     command (which must say how it chooses it)."""
     parser.add_argument("--method", choices=methods, default=DiffSegConfig.method,
-                        help="diffseg (default; DiffSeg, CVPR 2024), kmeans-c (its K-Means baseline on the same "
-                             "attention) or diffcut (DiffCut, NeurIPS 2024: stronger, best with an SDXL-family model "
-                             "such as segmind/SSD-1B)")
+                        help=_method_help())
     parser.add_argument("--kl-threshold", type=parse_thresholds, default=kl_threshold,
                         help="merge threshold, or one per pass comma-separated (default "
                              + (f"{kl_threshold:g})" if kl_threshold is not None else "set by the command, see above)"))
@@ -61,9 +60,20 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> DiffSegConfi
     return DiffSegConfig(**{**settings, **overrides})
 
 
+def _method_help() -> str:
+    """`diffseg (default; DiffSeg, CVPR 2024), kmeans-c (...) or diffcut (...)`."""
+    default = DiffSegConfig.method
+    return spoken([f"{name} ({'default; ' if name == default else ''}{method.summary})"
+                   for name, method in METHODS.items()], "or")
+
+
 def _by_method(name: str) -> str:
-    return ", ".join(f"{method} {settings[name]}" for method, settings in METHOD_DEFAULTS.items()
-                     if method != "kmeans-c")
+    """Each method's default `name` setting, `diffseg 300, diffcut 50`; one that an earlier method has already is
+    not repeated (K-Means-C runs DiffSeg's forward)."""
+    defaults: dict[object, str] = {}
+    for method in METHODS.values():
+        defaults.setdefault(getattr(method, name), method.name)
+    return ", ".join(f"{method} {value}" for value, method in defaults.items())
 
 
 def parse_thresholds(text: str) -> float | tuple[float, ...]:

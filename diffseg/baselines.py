@@ -6,13 +6,22 @@ number of ground-truth classes present in the image, so it needs labels and exis
 config with K set per image). The clusters' mean maps then go through the same label map step as DiffSeg's
 proposals (bilinear upsampling and per-pixel argmax); clustering and means are the same as DiffSeg's optional
 refinement, seeded by k-means++ instead of the merged proposals.
+
+As a method ("kmeans-c" in `methods.METHODS`), its post-processing is DiffSeg's (`segment.labels` and
+`segment.scored`) with this module's `proposals`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from .config import DiffSegConfig
 from .refine import refine
+from .segment import labels, scored
+
+__all__ = ["kmeans_proposals", "labels", "proposals", "scored"]
 
 SEED = 0
 """Seed of the k-means++ initialization: the same image and K always give the same clusters."""
@@ -26,6 +35,21 @@ def kmeans_proposals(attention: torch.Tensor, num_clusters: int, seed: int = SEE
     if not 1 <= num_clusters <= len(attention):
         raise ValueError(f"num_clusters must be in 1..{len(attention)}, got {num_clusters}")
     return refine(attention, _kmeans_plus_plus(attention, num_clusters, seed))
+
+
+def proposals(attentions: Sequence[torch.Tensor], config: DiffSegConfig, grid: tuple[int, int],
+              with_variants: bool) -> list[list[torch.Tensor]]:
+    """K-Means-C's proposals per image of aggregated attention `(N, N)`: the mean maps `(K', N)` of its K =
+    `config.num_clusters` clusters, then with `with_variants` those of the counts `stability` compares with.
+    (`grid` is the attention methods' common signature, see `segment.proposals`.)"""
+    return [[kmeans_proposals(attention, k) for k in _cluster_counts(config.num_clusters, len(attention),
+                                                                      with_variants)] for attention in attentions]
+
+
+def _cluster_counts(clusters: int, cells: int, with_variants: bool) -> list[int]:
+    """K, then with `with_variants` the counts K-Means' stability compares with: K - 1 and K + 1, where in
+    1..cells."""
+    return [clusters] + ([k for k in (clusters - 1, clusters + 1) if 1 <= k <= cells] if with_variants else [])
 
 
 def _kmeans_plus_plus(points: torch.Tensor, k: int, seed: int) -> torch.Tensor:

@@ -9,18 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .methods import METHODS, unused_fields
+
 CROP_MODES = ("none", "center")
-METHODS = ("diffseg", "kmeans-c", "diffcut")
-METHOD_DEFAULTS = {"diffseg": {"timestep": 300, "resolution": 512},
-                   "kmeans-c": {"timestep": 300, "resolution": 512},
-                   "diffcut": {"timestep": 50, "resolution": 1024}}
-"""`timestep` and `resolution` of each method's paper, used when a config leaves them unset."""
-_ATTENTION_FIELDS = ("kl_threshold", "num_points", "weights", "refine", "num_clusters")
-_FEATURE_FIELDS = ("ncut_threshold", "alpha", "pamr")
-_UNUSED_FIELDS = {"diffseg": _FEATURE_FIELDS, "kmeans-c": _FEATURE_FIELDS, "diffcut": _ATTENTION_FIELDS}
-"""The settings of the other family of methods (attention-based DiffSeg and K-Means-C, feature-based DiffCut),
-left out of a config's `to_dict` and hash since they cannot change its masks (so DiffSeg's hashes are those from
-before DiffCut existed)."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +32,7 @@ class DiffSegConfig:
     image, the same spacing along the shorter side of an oblong one. More anchors can find smaller objects."""
 
     timestep: int | None = None
-    """Diffusion timestep, 0..999; None: the method's (`METHOD_DEFAULTS`). DiffSeg: 300, whose embedding
+    """Diffusion timestep, 0..999; None: the method's (`methods.METHODS`). DiffSeg: 300, whose embedding
     conditions the UNet while the latent itself gets no noise. DiffCut: 50, the latent noised to that step with
     one fixed noise shared by every image (seed 42)."""
 
@@ -88,10 +79,10 @@ class DiffSegConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        for key, value in METHOD_DEFAULTS[self.method].items():
+            raise ValueError(f"method must be one of {tuple(METHODS)}, got {self.method!r}")
+        for key in ("timestep", "resolution"):
             if getattr(self, key) is None:
-                object.__setattr__(self, key, value)
+                object.__setattr__(self, key, getattr(METHODS[self.method], key))
         taus = self.kl_threshold
         if isinstance(taus, Sequence) and not isinstance(taus, str):
             taus = tuple(float(t) for t in taus)
@@ -110,14 +101,14 @@ class DiffSegConfig:
             raise ValueError(f"crop must be one of {CROP_MODES}, got {self.crop!r}")
         if self.num_clusters < 1:
             raise ValueError(f"num_clusters must be at least 1, got {self.num_clusters}")
-        if self.refine and self.method != "diffseg":
-            raise ValueError("refine applies to the diffseg method only")
         if not 0 < self.ncut_threshold <= 2:
             raise ValueError(f"ncut_threshold must be in (0, 2], got {self.ncut_threshold}")
         if not self.alpha > 0:
             raise ValueError(f"alpha must be positive, got {self.alpha}")
-        if self.pamr and self.method != "diffcut":
-            raise ValueError("pamr applies to the diffcut method only")
+        for method in METHODS.values():
+            for flag in method.flags:
+                if getattr(self, flag) and self.method != method.name:
+                    raise ValueError(f"{flag} applies to the {method.name} method only")
         if self.weights is not None:
             weights = tuple(float(w) for w in self.weights)
             if not weights or any(w < 0 for w in weights) or sum(weights) <= 0:
@@ -133,11 +124,10 @@ class DiffSegConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serializable form (tuples as lists) of the settings that apply to the method (see
-        `_UNUSED_FIELDS`)."""
-        return {
-            key: list(value) if isinstance(value, tuple) else value
-            for key, value in dataclasses.asdict(self).items() if key not in _UNUSED_FIELDS[self.method]
-        }
+        `methods.unused_fields`)."""
+        unused = unused_fields(METHODS[self.method])
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in dataclasses.asdict(self).items() if key not in unused}
 
     def config_hash(self) -> str:
         """Short stable hash of the settings, for provenance and output separation."""

@@ -104,6 +104,18 @@ def segment_features_scored(features: Sequence[torch.Tensor], config: DiffSegCon
     return results
 
 
+def labels(evidence: Sequence[torch.Tensor], config: DiffSegConfig, sizes: Sequence[tuple[int, int]],
+           pixels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """`methods.PostProcessing.labels` of DiffCut: `segment_features`."""
+    return segment_features(evidence, config, sizes, pixels)
+
+
+def scored(evidence: Sequence[torch.Tensor], config: DiffSegConfig, sizes: Sequence[tuple[int, int]],
+           pixels: Sequence[torch.Tensor]) -> list[Segmentation]:
+    """`methods.PostProcessing.scored` of DiffCut: `segment_features_scored`."""
+    return segment_features_scored(evidence, config, sizes, pixels)
+
+
 def normalized(features: torch.Tensor) -> torch.Tensor:
     """fp32 `(h, w, C)`: each token's feature divided by its L2 norm. The cut gets these, as the official pipeline
     gives its cut (which normalizes once more), so that the affinity rounds as there."""

@@ -15,6 +15,7 @@ from PIL import Image, ImageOps
 
 from .config import DiffSegConfig
 from .defaults import MAX_PIXELS
+from .methods import METHODS
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image]
 
@@ -141,14 +142,9 @@ def prepare_label(label: np.ndarray, image: PreparedImage, size: tuple[int, int]
 
 
 def center_square(width: int, height: int, config: DiffSegConfig) -> tuple[int, int, int]:
-    """`(left, top, side)` of the central square of a `width x height` image (center-crop mode), as each method's
-    official code crops: DiffSeg the largest square; DiffCut side min(width, height) - 1, offsets rounded half to
-    even (torchvision's `CenterCrop`)."""
-    if config.method != "diffcut":
-        side = min(width, height)
-        return (width - side) // 2, (height - side) // 2, side
-    side = max(1, min(width, height) - 1)
-    return round((width - side) / 2), round((height - side) / 2), side
+    """`(left, top, side)` of the central square of a `width x height` image (center-crop mode), as the method's
+    official code crops (`Method.center_square`)."""
+    return METHODS[config.method].center_square(width, height)
 
 
 def _square(rgb: Image.Image, width: int, height: int, crop_box: tuple[int, int, int], resolution: int

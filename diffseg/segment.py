@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 
 from .aggregate import aggregate
-from .baselines import kmeans_proposals
 from .config import DiffSegConfig
 from .labels import label_map, label_map_with_margins, winning_proposals
 from .merge import merge_batch
+from .methods import METHODS
 from .refine import refine
 from .scores import STABILITY_STEPS, by_label, segment_means, stability
 
@@ -99,26 +99,39 @@ def segment_images_scored(images: Sequence[Sequence[torch.Tensor]], config: Diff
     return results
 
 
-def _proposals(images: Sequence[Sequence[torch.Tensor]], config: DiffSegConfig, grid: tuple[int, int],
-               with_variants: bool) -> list[list[torch.Tensor]]:
-    """Per image, its proposals, then with `with_variants` those of the settings `stability` compares with."""
-    attentions = [aggregate(maps, config.weights) for maps in images]
-    if config.method == "kmeans-c":
-        return [[kmeans_proposals(attention, k) for k in _cluster_counts(config.num_clusters, len(attention),
-                                                                          with_variants)] for attention in attentions]
+def labels(evidence: Sequence[Sequence[torch.Tensor]], config: DiffSegConfig, sizes: Sequence[tuple[int, int]],
+           pixels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """`methods.PostProcessing.labels` of the attention methods: `segment_images` (the pixels are not used)."""
+    return segment_images(evidence, config, sizes)
+
+
+def scored(evidence: Sequence[Sequence[torch.Tensor]], config: DiffSegConfig, sizes: Sequence[tuple[int, int]],
+           pixels: Sequence[torch.Tensor]) -> list[Segmentation]:
+    """`methods.PostProcessing.scored` of the attention methods: `segment_images_scored` (the pixels are not
+    used)."""
+    return segment_images_scored(evidence, config, sizes)
+
+
+def proposals(attentions: Sequence[torch.Tensor], config: DiffSegConfig, grid: tuple[int, int],
+              with_variants: bool) -> list[list[torch.Tensor]]:
+    """DiffSeg's proposals `(K, N)` per image of aggregated attention `(N, N)` (N cells of the finest `grid`): the
+    merged anchors, refined with `config.refine`; then with `with_variants` those of the thresholds `stability`
+    compares with."""
     threshold_sets = [config.thresholds]
     if with_variants:
         threshold_sets += [[t * step for t in config.thresholds] for step in STABILITY_STEPS]
-    proposals = merge_batch(attentions, grid, config.num_points, threshold_sets)
+    merged = merge_batch(attentions, grid, config.num_points, threshold_sets)
     if config.refine:
-        proposals = [[refine(attention, p) for p in sets] for attention, sets in zip(attentions, proposals)]
-    return proposals
+        merged = [[refine(attention, p) for p in sets] for attention, sets in zip(attentions, merged)]
+    return merged
 
 
-def _cluster_counts(clusters: int, cells: int, with_variants: bool) -> list[int]:
-    """K, then with `with_variants` the counts K-Means' stability compares with: K - 1 and K + 1, where in
-    1..cells."""
-    return [clusters] + ([k for k in (clusters - 1, clusters + 1) if 1 <= k <= cells] if with_variants else [])
+def _proposals(images: Sequence[Sequence[torch.Tensor]], config: DiffSegConfig, grid: tuple[int, int],
+               with_variants: bool) -> list[list[torch.Tensor]]:
+    """Per image, its proposals, then with `with_variants` those of the settings `stability` compares with, by the
+    `proposals` of the config's method's module (this one's, or `baselines.proposals`)."""
+    attentions = [aggregate(maps, config.weights) for maps in images]
+    return METHODS[config.method].post_processing().proposals(attentions, config, grid, with_variants)
 
 
 def _finest(maps: Sequence[torch.Tensor]) -> tuple[int, int]:

@@ -13,22 +13,15 @@ from .attention import SelfAttentionCapture
 from .config import DiffSegConfig
 from .defaults import DEFAULT_MODEL, MAX_PIXELS
 from .descriptors import segment_descriptors
-from .diffcut import segment_features, segment_features_scored
 from .features import layer_features, recorded_features
+from .methods import METHODS, Method
 from .model import LoadedModel, load_model
 from .preprocess import ImageInput, PreparedImage, prepare
-from .segment import Segmentation, segment_images, segment_images_scored
+from .segment import Segmentation
 from .streaming import stream
 
 GPU_BATCH_SIZE = 8
 """Images per forward on a GPU by default: enough to fill a data-center GPU at 512 px (benchmarks/README.md)."""
-UNET_MEMORY_PER_IMAGE = {"diffseg": 2 * 2**30, "kmeans-c": 2 * 2**30, "diffcut": 2**28}
-"""Bytes of device memory one image of a batch may need at its model family's native size (`NATIVE_RESOLUTION`:
-the same token grids), by method, besides its VAE encoding, with room to spare. DiffSeg (and K-Means-C, the same
-forward): the UNet's activations, the captured maps (68 MiB fp32), a share of the capture's chunks and the
-post-processing (2 x 64 MiB). DiffCut: activations down to its feature layer only, and 32 x 32 tokens of 1280
-features. Estimates with margin; the GPU check prints the peak memory each method takes at batch 8
-(benchmarks/README.md)."""
 NATIVE_RESOLUTION = {"sd": 512, "sdxl": 1024}
 """Pixels per side at which each model family's UNet sees 64 x 64 latent tokens at its finest attention."""
 VAE_MEMORY_PER_IMAGE = 5 * 2**27
@@ -87,8 +80,9 @@ class DiffSeg:
         self.config = config or DiffSegConfig()
         self.max_pixels = max_pixels
         self.descriptors = descriptors
-        # DiffCut reads one layer's output through a hook and keeps the stock (fused) attention everywhere.
-        self.capture = None if self.config.method == "diffcut" else SelfAttentionCapture.of(model.unet)
+        self.method: Method = METHODS[self.config.method]
+        # A features method reads one layer's output through a hook and keeps the stock (fused) attention everywhere.
+        self.capture = SelfAttentionCapture.of(model.unet) if self.method.capture == "attention" else None
         # Once, here: the free memory read later would count other actors' and PyTorch's own cache as used, and
         # the batch size could change from shard to shard.
         self._noises: dict[tuple[int, ...], torch.Tensor] = {}
@@ -158,7 +152,7 @@ class DiffSeg:
                     config: DiffSegConfig | None = None, sizes: Sequence[tuple[int, int]] | None = None
                     ) -> list[torch.Tensor]:
         """The label maps (as `segment`, on CPU) of `images` from their `forward_batch` output, post-processed
-        together on its device (`segment_images` or `diffcut.segment_features`). Separate from the forward so
+        together on its device (the method's `PostProcessing.labels`). Separate from the forward so
         that a GPU can run one batch's post-processing while it runs the next batch's forward (see
         `overlap.Overlapped`).
 
@@ -170,10 +164,8 @@ class DiffSeg:
         config = config or self.config
         sizes = sizes or [image.mask_size for image in images]
         evidence = [forward.evidence for forward in forwards]
-        if config.method == "diffcut":
-            labels = segment_features(evidence, config, sizes, [image.pixels for image in images])
-        else:
-            labels = segment_images(evidence, config, sizes)
+        labels = METHODS[config.method].post_processing().labels(evidence, config, sizes,
+                                                                  [image.pixels for image in images])
         return [label.cpu() for label in labels]
 
     def label_batch_scored(self, images: Sequence[PreparedImage], forwards: Sequence[Forward]) -> list[Segmentation]:
@@ -182,10 +174,7 @@ class DiffSeg:
         and label maps per image."""
         sizes = [image.mask_size for image in images]
         evidence = [forward.evidence for forward in forwards]
-        if self.config.method == "diffcut":
-            scored = segment_features_scored(evidence, self.config, sizes, [image.pixels for image in images])
-        else:
-            scored = segment_images_scored(evidence, self.config, sizes)
+        scored = self.method.post_processing().scored(evidence, self.config, sizes, [image.pixels for image in images])
         if self.descriptors:
             scored = [_described(result, forward.features) for result, forward in zip(scored, forwards)]
         return [result.cpu() for result in scored]
@@ -202,7 +191,7 @@ class DiffSeg:
         """
         padded = [*images, *[images[-1]] * (batch_size - len(images))]
         pixels = self._on_device([image.pixels for image in padded])
-        if self.config.method == "diffcut":
+        if self.method.capture == "features":
             return [Forward(f, f if self.descriptors else None) for f in self.features(pixels)[:len(images)]]
         if self.descriptors:
             with recorded_features(self.model.unet) as recorded:
@@ -264,8 +253,8 @@ class DiffSeg:
 def memory_per_image(method: str, family: str, resolution: int, vae_dtype: torch.dtype) -> int:
     """Bytes of device memory one image of a batch may need with `method` on a `family` model at `resolution`
     pixels (the longer side) and a VAE in `vae_dtype`: each part grows with the pixels it sees, the UNet's from the
-    family's native size, the VAE's from 512 px."""
-    unet = UNET_MEMORY_PER_IMAGE[method] * (resolution / NATIVE_RESOLUTION[family]) ** 2
+    family's native size (`Method.unet_memory`), the VAE's from 512 px."""
+    unet = METHODS[method].unet_memory * (resolution / NATIVE_RESOLUTION[family]) ** 2
     vae = VAE_MEMORY_PER_IMAGE * (resolution / 512) ** 2 * torch.finfo(vae_dtype).bits / 32
     return int(unet + vae)
 

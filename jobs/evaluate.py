@@ -25,9 +25,10 @@ from collections.abc import Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from diffseg import DEFAULT_MODEL, DiffSeg, ModelLoadError  # noqa: E402
+from diffseg import DEFAULT_MODEL, DiffSeg, DiffSegConfig, ModelLoadError  # noqa: E402
 from diffseg.arguments import OneLineParser, add_algorithm_arguments, config_from_args, parse_thresholds  # noqa: E402
 from diffseg.defaults import MODEL_HELP  # noqa: E402
+from diffseg.methods import variant_method  # noqa: E402
 from diffseg.metrics import PROTOCOLS  # noqa: E402
 from diffseg.model import DTYPES  # noqa: E402
 from pipeline.evaluation.datasets import DATASETS, SPLITS, open_dataset  # noqa: E402
@@ -90,11 +91,11 @@ def run(args: argparse.Namespace) -> Report:
     if args.label_size and args.crop != "center" and not args.predictions:
         raise ValueError("--label-size scores square masks: it needs --crop center")
     if args.predictions:
-        if args.sweep or args.method != "diffseg":
+        if args.sweep or args.method != DiffSegConfig.method:
             raise ValueError("--predictions scores masks that exist; --sweep and --method need a model")
         return score_predictions(Location(args.predictions, options), dataset, args.limit, args.samples,
                                  args.protocol, progress, args.label_size)
-    method = "kmeans-c" if args.method == "kmeans-s" else args.method
+    method = variant_method(args.method)[0].name  # K-Means-S runs the kmeans-c method
     tau = dataset.kl_threshold if args.kl_threshold is None else args.kl_threshold
     config = config_from_args(args, method=method, kl_threshold=tau)
     sweep = (args.sweep,) if isinstance(args.sweep, float) else args.sweep

@@ -31,6 +31,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from diffseg import DiffSeg, DiffSegConfig, ImageError, stream
+from diffseg.methods import METHODS, spoken, variant_method
 from diffseg.metrics import Evaluation, ImageScore
 from diffseg.preprocess import PreparedImage, prepare, prepare_label
 from diffseg.visualize import to_image
@@ -41,10 +42,9 @@ from ..labeling.storage import Location
 from ..viewing.pages import display_size, resize_nearest, spread
 from .datasets import Example, LabeledDataset, join_key
 
-SCORED_METHODS = ("diffseg", "kmeans-c", "kmeans-s", "diffcut")
-"""Methods a model can be scored with: K-Means-S takes K = the classes present in each image's ground truth."""
-_THRESHOLDS = {"diffseg": "kl_threshold", "diffcut": "ncut_threshold"}
-"""The threshold a sweep moves, per method that has one."""
+SCORED_METHODS = tuple(variant.name for method in METHODS.values() for variant in method.variants)
+"""Methods a model can be scored with: each method's evaluation variants (`Method.variants`), among them K-Means-S,
+which takes K = the classes present in each image's ground truth."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class Variant:
 
     def config_for(self, classes: int) -> DiffSegConfig:
         """The config for an image whose ground truth has `classes` classes (only K-Means-S depends on it)."""
-        if self.method == "kmeans-s":
+        if variant_method(self.method)[1].clusters_from_labels:
             return dataclasses.replace(self.config, num_clusters=max(1, classes))
         return self.config
 
@@ -72,22 +72,20 @@ def variants(method: str, config: DiffSegConfig, sweep: Sequence[float] | None =
     """
     if method not in SCORED_METHODS:
         raise ValueError(f"method must be one of {', '.join(SCORED_METHODS)}, got {method!r}")
-    config = dataclasses.replace(config, method="kmeans-c" if method == "kmeans-s" else method)
-    pamr = " pamr" if config.pamr else ""
-    if sweep:
-        if method not in _THRESHOLDS:
-            raise ValueError("a threshold sweep applies to the diffseg and diffcut methods only")
-        return [Variant(f"{method} tau={tau:g}{pamr}", method,
-                        dataclasses.replace(config, **{_THRESHOLDS[method]: tau})) for tau in sweep]
-    if method == "kmeans-s":
-        return [Variant("kmeans-s", method, config)]
-    if method == "kmeans-c":
-        return [Variant(f"kmeans-c K={config.num_clusters}", method, config)]
-    if method == "diffcut":
-        return [Variant(f"diffcut tau={config.ncut_threshold:g}{pamr}", method, config)]
-    taus = config.thresholds[:1] if len(set(config.thresholds)) == 1 else config.thresholds
-    taus = ",".join(f"{tau:g}" for tau in taus)
-    return [Variant(f"diffseg tau={taus}", method, config)]
+    family, variant = variant_method(method)
+    config = dataclasses.replace(config, method=family.name)
+    if not sweep:
+        return [Variant(_name(method, variant.settings(config)), method, config)]
+    if family.threshold is None:
+        with_threshold = [name for name, other in METHODS.items() if other.threshold is not None]
+        raise ValueError(f"a threshold sweep applies to the {spoken(with_threshold, 'and')} methods only")
+    configs = [dataclasses.replace(config, **{family.threshold: tau}) for tau in sweep]
+    return [Variant(_name(method, variant.settings(each)), method, each) for each in configs]
+
+
+def _name(method: str, settings: str) -> str:
+    """`diffseg tau=1.1`, or the method alone when no settings name it."""
+    return f"{method} {settings}" if settings else method
 
 
 @dataclass

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from benchmarks import gpu_check
+from diffseg.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[2]
 ABSENT_ON_HOST = ("ray", "s3fs", "faiss", "moto")
@@ -49,7 +50,7 @@ def test_the_dry_run_runs_every_step_without_what_the_host_lacks(tmp_path):
     assert figures["gpu-tests"]["skipped"] == figures["gpu-tests"]["tests"]  # no CUDA here
     cases = figures["masks"]["cases"]
     assert {(case["model"], case["method"]) for case in cases} == {
-        (model, method) for model in ("tiny", "tiny-xl") for method in ("diffseg", "diffcut")}
+        (model, method) for model in ("tiny", "tiny-xl") for method in METHODS}
     assert all(case["agreement"] and min(case["agreement"]) == 1.0 for case in cases)  # CPU against CPU
     worker = figures["worker"]
     assert worker["images"] == 8 and worker["images_failed"] == 0 and worker["images_per_s"] > 0
