@@ -4,13 +4,7 @@
     python jobs/export.py s3://bucket/masks/ --out coco/ --format coco --min-area 64 --min-stability 0.8
 
 Formats (README, "Export for training"):
-  png         NAME.mask.png (the label map as stored) and NAME.overlay.png (the photo as the job labeled it under
-              the colored segments; the segments alone when the photo cannot be read any more, counted)
-  coco        DIR/annotations.json: COCO instances, one category "segment", RLE masks, score and stability
-  sa1b        NAME.json per image in the SA-1B layout (RLE, predicted_iou, stability_score, point_coords)
-  webdataset  DIR/shard-000000.tar, ...: KEY.jpg (or .png/.webp), KEY.mask.png, KEY.json per image
-  hf          DIR/data/train-00000-of-0000N.parquet, ...: Hugging Face datasets (load_dataset(DIR)), image_id,
-              image and mask (datasets.Image), segments
+{formats}
 
 NAME is the image id as a safe path under --out (diffseg.filenames): 'sub/a.jpg' stays 'sub/a.jpg', anything
 that could leave the folder is escaped ('../x.png' is '%2E%2E/x.png', 'data.parquet#3' is
@@ -27,14 +21,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from diffseg.arguments import OneLineParser  # noqa: E402
+from diffseg.methods import spoken  # noqa: E402
+from pipeline.export import FORMATS, Format, format_named  # noqa: E402
 
-FORMATS = ("png", "coco", "sa1b", "webdataset", "hf")
+HELP_WIDTH = 115
+"""Columns of the formats' lines in --help, as wide as the text around them."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,24 +40,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Imported once argparse has checked the flags, so that --help and bad flags answer at once.
     from pipeline.export.annotations import ExportError, Filters
-    from pipeline.export.coco import CocoExporter
-    from pipeline.export.hf import HfExporter
-    from pipeline.export.png import PngExporter
     from pipeline.export.rows import export, settings
-    from pipeline.export.sa1b import Sa1bExporter
-    from pipeline.export.webdataset import WebDatasetExporter
     from pipeline.labeling.storage import Location, StorageError, parse_storage_options
 
-    exporters = {"png": PngExporter, "coco": CocoExporter, "sa1b": Sa1bExporter, "webdataset": WebDatasetExporter,
-                 "hf": HfExporter}
+    fmt = format_named(args.format)
     filters = Filters(args.min_area, args.min_score, args.min_stability)
-    if args.format == "png" and filters.active():
+    if not fmt.filters and filters.active():
         parser.error("--min-area, --min-score and --min-stability choose annotations: "
-                     "use them with --format coco, sa1b, webdataset or hf")
+                     f"use them with --format {spoken([f.name for f in FORMATS if f.filters], 'or')}")
     try:
         output = Location(args.output, parse_storage_options(args.storage_options))
-        chosen = settings(output, Path(args.out), filters, args.shard_size, per_segment=args.format in ("coco", "sa1b"))
-        tally, written = export(output, exporters[args.format](chosen), args.num_workers, not args.no_progress)
+        chosen = settings(output, Path(args.out), filters, args.shard_size, per_segment=fmt.per_segment)
+        tally, written = export(output, fmt.load()(chosen), args.num_workers, not args.no_progress)
     except (ExportError, StorageError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -68,20 +60,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> OneLineParser:
-    parser = OneLineParser(prog="jobs/export.py", description=__doc__,
+    # The formats' lines come from their table, so that a new format is listed, offered and checked with no edit here.
+    parser = OneLineParser(prog="jobs/export.py", description=__doc__.replace("{formats}", _described(FORMATS)),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output", help="fsspec URL of a labeling job's output")
     parser.add_argument("--out", required=True, help="local folder for the files")
-    parser.add_argument("--format", choices=FORMATS, default="png", help="default png")
+    parser.add_argument("--format", choices=[f.name for f in FORMATS], default="png", help="default png")
     parser.add_argument("--min-area", type=_at_least(0), default=0, help="pixels (default 0)")
     parser.add_argument("--min-score", type=_fraction, default=None, help="in [0, 1]")
     parser.add_argument("--min-stability", type=_fraction, default=None, help="in [0, 1]")
     parser.add_argument("--shard-size", type=_at_least(1), default=1000,
-                        help="images per file of --format webdataset and hf (default 1000)")
+                        help=f"images per file of --format {spoken([f.name for f in FORMATS if f.sharded], 'and')} "
+                             "(default 1000)")
     parser.add_argument("--num-workers", type=_at_least(1), default=4, help="threads for per-image work (default 4)")
     parser.add_argument("--storage-options", default=None, help="JSON object of fsspec options")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
+
+
+def _described(formats: Sequence[Format]) -> str:
+    """The formats' lines in --help: each name, then its description wrapped in a column beside the names."""
+    column = 2 + max(len(f.name) for f in formats) + 2
+    return "\n".join(textwrap.fill(f.description, HELP_WIDTH, initial_indent=f"  {f.name:<{column - 2}}",
+                                    subsequent_indent=" " * column, break_on_hyphens=False, break_long_words=False)
+                      for f in formats)
 
 
 def _at_least(low: int) -> Callable[[str], int]:

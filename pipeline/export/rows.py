@@ -21,12 +21,14 @@ import pyarrow.dataset as ds
 from tqdm import tqdm
 
 from diffseg.config import DiffSegConfig
+from diffseg.methods import spoken
 
 from ..labeling.output import OutputDataset, manifest_columns, manifest_config
 from ..labeling.prefetch import pool_map
 from ..labeling.sources import ParquetColumns
 from ..labeling.storage import Location, StorageError
 from .annotations import ExportError, Filters, Unusable, check_scores
+from .formats import FORMATS
 
 BATCH_ROWS = 16
 """Rows read at a time: masks are the large column."""
@@ -109,8 +111,9 @@ def settings(output: Location, out: Path, filters: Filters, shard_size: int = 10
     """
     manifest = OutputDataset(output).manifest()
     if per_segment and manifest.get("kind") == "pseudo-classes":
+        whole = spoken([f.name for f in FORMATS if not f.per_segment], "or")
         raise ExportError(f"{output.url} holds pseudo-class masks, not per-image segments to annotate one by one: "
-                          "export them with --format png, hf or webdataset")
+                          f"export them with --format {whole}")
     rows, fields = survey(output)
     check_scores(fields, filters)
     return Settings(out, filters, manifest_config(manifest), manifest_columns(manifest), output.storage_options,

@@ -23,6 +23,7 @@ from pycocotools.coco import COCO
 from diffseg import DiffSegConfig
 from diffseg.preprocess import center_square
 from diffseg.visualize import colorize
+from pipeline.export import FORMATS
 from pipeline.labeling.output import OutputDataset, decode_mask
 from pipeline.labeling.sources import inventory
 from pipeline.labeling.storage import Location
@@ -403,6 +404,35 @@ def test_filters_with_png_and_bad_values_are_one_line_and_exit_two(tmp_path):
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, args
     result = export(tmp_path / "missing", tmp_path / "x", "--format", "coco")
     assert result.returncode == 2 and result.stderr.startswith("error:") and not (tmp_path / "x").exists()
+
+
+def names_listed(text: str, conjunction: str) -> list[str]:
+    """The names in a list such as `coco, sa1b or hf`."""
+    return re.split(f", | {conjunction} ", text)
+
+
+def test_the_command_offers_and_describes_every_format_of_the_table():
+    result = subprocess.run([sys.executable, EXPORT, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    shown = " ".join(result.stdout.split())  # as wrapped on the terminal
+    assert f"--format {{{','.join(f.name for f in FORMATS)}}}" in shown
+    for fmt in FORMATS:
+        assert f" {fmt.name} {fmt.description} " in shown
+    shard_size = re.search(r"--shard-size SHARD_SIZE images per file of --format (.+?) \(default 1000\)", shown)
+    assert names_listed(shard_size[1], "and") == [f.name for f in FORMATS if f.sharded]
+
+
+def test_filters_are_refused_by_the_formats_the_table_says_annotate_nothing(tmp_path):
+    output, _ = scored_output(tmp_path)
+    for fmt in FORMATS:
+        result = export(output, tmp_path / fmt.name, "--format", fmt.name, "--min-area", "60")
+        if fmt.filters:
+            assert result.returncode == 0, result.stderr
+        else:
+            assert result.returncode == 2 and not (tmp_path / fmt.name).exists()
+            refusal = re.fullmatch(r"error: --min-area, --min-score and --min-stability choose annotations: "
+                                   r"use them with --format (.+) \(see --help\)\n", result.stderr)
+            assert names_listed(refusal[1], "or") == [f.name for f in FORMATS if f.filters]
 
 
 def test_hostile_ids_stay_inside_the_export_folder_in_every_format(tmp_path):
