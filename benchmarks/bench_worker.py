@@ -54,7 +54,7 @@ SIZE = (1600, 1200)
 """Default `(width, height)` of the photos: 2 megapixels."""
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 SHARDS_IN_FLIGHT = 2
-"""Shards a worker processes at once, as the driver gives an actor (`driver.IN_FLIGHT_PER_ACTOR`; the driver
+"""Shards a worker processes at once, as the driver gives an actor (`executor.IN_FLIGHT_PER_ACTOR`; the driver
 imports Ray, so it is not imported here)."""
 SAMPLE_MS = 100
 """nvidia-smi's sampling period, in milliseconds."""

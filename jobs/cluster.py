@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 # Only light modules before the arguments are checked: --help and flag errors answer at once, without Ray or faiss.
 from diffseg.arguments import OneLineParser  # noqa: E402
 from pipeline.clustering.job import ACTOR_MEMORY, DEFAULT_SAMPLE, MAX_CLASSES, ClusterJob  # noqa: E402
-from pipeline.labeling.capacity import GIB  # noqa: E402
+from pipeline.execution.capacity import GIB  # noqa: E402
 from pipeline.labeling.storage import StorageError, parse_storage_options  # noqa: E402
 
 MAX_SEED = 2**31 - 1
@@ -89,8 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     from pipeline.clustering.driver import execute, needs_ray, plan
-    from pipeline.labeling.capacity import JobError
-    from pipeline.labeling.driver import connect, disconnect
+    from pipeline.execution.capacity import JobError
+    from pipeline.execution.cluster import connect, disconnect
     from pipeline.labeling.output import OutputConflict
 
     try:

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 # Only light modules before the arguments are checked: --help and flag errors answer at once, without torch.
 from diffseg.arguments import OneLineParser, add_algorithm_arguments, config_from_args  # noqa: E402
 from diffseg.defaults import DEFAULT_MODEL, MAX_PIXELS, MODEL_HELP, PRECISIONS  # noqa: E402
-from pipeline.labeling.capacity import GIB  # noqa: E402
+from pipeline.execution.capacity import GIB  # noqa: E402
 from pipeline.labeling.job import LabelJob  # noqa: E402
 from pipeline.labeling.sources import FORMATS, ParquetColumns  # noqa: E402
 from pipeline.labeling.storage import StorageError, parse_storage_options  # noqa: E402
@@ -119,7 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     from diffseg import ModelLoadError
-    from pipeline.labeling.driver import JobError, connect, disconnect, execute, plan
+    from pipeline.execution.capacity import JobError
+    from pipeline.execution.cluster import connect, disconnect
+    from pipeline.labeling.driver import execute, plan
     from pipeline.labeling.output import OutputConflict
 
     try:

@@ -22,8 +22,8 @@ import faiss
 import numpy as np
 import ray
 
-from ..labeling.capacity import ActorShape, JobError, Node, cluster_summary, hostable
-from ..labeling.driver import PLACEMENT_TIMEOUT, REPORT_EVERY
+from ..execution.capacity import PLACEMENT_TIMEOUT, ActorShape, JobError, Node, cluster_summary, hostable
+from ..execution.executor import REPORT_EVERY, Executor
 from ..labeling.output import OutputDataset
 from ..labeling.provenance import environment
 from ..labeling.sources import InputError
@@ -31,7 +31,6 @@ from ..labeling.storage import Location
 from . import centroids
 from .job import ClusterJob
 from .output import CLASS_SCHEMA
-from .pool import ActorPool
 from .sample import allocate
 from .worker import ClassWorker
 
@@ -145,7 +144,7 @@ def execute(planned: Plan, progress: bool = True, worker: type[ClassWorker] = Cl
     recorded = planned.recorded
     if needs_ray(planned):
         shards = planned.shards if recorded is None else planned.todo
-        pool = ActorPool(_start_actors(job, planned, len(shards), worker), job.max_retries, job.retry_delay)
+        pool = Executor(_start_actors(job, planned, len(shards), worker), job.max_retries, job.retry_delay)
         try:
             recorded = recorded or _train(planned, pool, summary, progress)
             _assign(planned, recorded, pool, summary, progress)
@@ -189,7 +188,7 @@ def _start_actors(job: ClusterJob, planned: Plan, shards: int, worker: type[Clas
     return actors
 
 
-def _train(planned: Plan, pool: ActorPool, summary: Summary, progress: bool) -> dict[str, Any]:
+def _train(planned: Plan, pool: Executor, summary: Summary, progress: bool) -> dict[str, Any]:
     """Draw the sample, train the centroids, save them and claim the output's manifest; returns the manifest."""
     job = planned.job
     begun = time.perf_counter()
@@ -222,7 +221,7 @@ def _trained(sample: np.ndarray, job: ClusterJob) -> np.ndarray:
                       f"{job.iterations} iterations", file=sys.stderr, flush=True)
 
 
-def _sample(planned: Plan, pool: ActorPool, progress: bool) -> np.ndarray:
+def _sample(planned: Plan, pool: Executor, progress: bool) -> np.ndarray:
     """float32 `(n, dim)`: at most `job.sample` descriptors drawn uniformly over the input's shards, in shard order
     whichever actor answers first, so that the same input and seed give the same sample.
 
@@ -240,28 +239,29 @@ def _sample(planned: Plan, pool: ActorPool, progress: bool) -> np.ndarray:
     chosen = [shard for shard in shards if sizes[index[shard]]]
     for outcome in pool.map(lambda actor, shard: actor.sample.remote(shard, int(sizes[index[shard]]),
                                                                      [job.seed, index[shard]]),
-                            chosen, "sampling", progress):
+                            chosen, desc="sampling", progress=progress):
         if outcome.error is not None or not len(outcome.result):
             continue
         block = outcome.result
         if sample is None:
             sample = np.empty((int(offsets[-1]), block.shape[1]), dtype=np.float32)
         if block.shape[1] != sample.shape[1]:
-            raise InputError(f"{job.input}: descriptors of {outcome.shard} have {block.shape[1]} dimensions, "
+            raise InputError(f"{job.input}: descriptors of {outcome.unit} have {block.shape[1]} dimensions, "
                              f"others {sample.shape[1]}")
-        start = offsets[index[outcome.shard]]
+        start = offsets[index[outcome.unit]]
         sample[start:start + len(block)] = block
-        drawn[index[outcome.shard]] = len(block)
+        drawn[index[outcome.unit]] = len(block)
     if sample is None:
         raise InputError(f"{job.input}: no usable descriptor (the drawn rows' descriptors cannot be read)")
     return _compact(sample, offsets, drawn)
 
 
-def _counts(shards: list[str], pool: ActorPool, progress: bool) -> np.ndarray:
+def _counts(shards: list[str], pool: Executor, progress: bool) -> np.ndarray:
     """int64 `(shards,)`: each shard's descriptors; 0 for a shard that cannot be read (left out of the sample)."""
     counts = dict.fromkeys(shards, 0)
-    for outcome in pool.map(lambda actor, shard: actor.count.remote(shard), shards, "counting", progress):
-        counts[outcome.shard] = outcome.result or 0
+    for outcome in pool.map(lambda actor, shard: actor.count.remote(shard), shards, desc="counting",
+                            progress=progress):
+        counts[outcome.unit] = outcome.result or 0
     return np.array([counts[shard] for shard in shards], dtype=np.int64)
 
 
@@ -275,7 +275,7 @@ def _compact(sample: np.ndarray, offsets: np.ndarray, drawn: np.ndarray) -> np.n
     return sample[:end]
 
 
-def _assign(planned: Plan, recorded: dict[str, Any], pool: ActorPool, summary: Summary, progress: bool) -> None:
+def _assign(planned: Plan, recorded: dict[str, Any], pool: Executor, summary: Summary, progress: bool) -> None:
     """Write every remaining shard's semantic masks with the recorded centroids."""
     begun = time.perf_counter()
     trained = ray.put(centroids.load(planned.output.location, recorded["centroids_sha256"]))
@@ -285,10 +285,10 @@ def _assign(planned: Plan, recorded: dict[str, Any], pool: ActorPool, summary: S
                   "input": recorded["input"], "source": recorded["source"], **environment(),
                   "run_id": summary.run_id}
     for outcome in pool.map(lambda actor, shard: actor.assign.remote(shard, trained, provenance), planned.todo,
-                            "assigning", progress):
+                            desc="assigning", progress=progress):
         if outcome.error is not None:
             summary.shards_failed += 1
-            summary.failed.append({"shard": outcome.shard, "error": outcome.error})
+            summary.failed.append({"shard": outcome.unit, "error": outcome.error})
             continue
         summary.shards_written += 1
         summary.images_ok += outcome.result["images_ok"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..labeling.capacity import GIB
+from ..execution.capacity import GIB
 
 MAX_CLASSES = 255
 """Class ids are the pixels of 8-bit PNG masks, where 255 means "no class": ids 0..254."""

@@ -7,16 +7,13 @@ since are reported, and relabeled (their whole shard, under its own name) only w
 
 Planning streams: shards are formed while the input is listed, the first ones are handed to actors while the
 listing goes on, and the driver holds the shards in flight or waiting for a retry, one folder's listing, and
-(re-runs) the files the finished shards cover, never the whole listing.
+(re-runs) a few markers of each earlier run, never the whole listing. The shards run on the one executor of
+every job (`pipeline.execution.executor`).
 """
 
 from __future__ import annotations
 
-import heapq
 import itertools
-import os
-import re
-import socket
 import sys
 import time
 import uuid
@@ -26,36 +23,22 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import ray
-from tqdm import tqdm
 
 from diffseg import ModelLoadError
 
-from .capacity import Actors, ActorShape, JobError, Node, actor_shape, cluster_summary, fit
+from ..execution import capacity, executor
+from ..execution.capacity import Actors, ActorShape, JobError, Node, actor_shape, cluster_summary, fit
+from ..execution.executor import IN_FLIGHT_PER_ACTOR, Executor, Outcome, reason
 from .job import LabelJob
 from .output import OutputDataset
 from .sources import Change, Comparison, Listing, Shard, SourceFile, listing, next_part, shards
 from .storage import Location
 from .worker import LabelWorker, Placement, WorkerSettings
 
-LOST_ACTORS_TIMEOUT = 600.0
-"""Seconds the job waits when every actor has been lost (their nodes gone) before it gives up the remaining
-shards; a re-run finishes them."""
-CONNECT_TIMEOUT = 10.0
-"""Seconds a Ray cluster's address may take to accept a connection."""
-PLACEMENT_TIMEOUT = 60.0
-"""Seconds actors may take to be placed when the cluster had room for them as the job started (no
-`--startup-timeout`): if other work took the room meanwhile, the job says so instead of waiting forever."""
-REPORT_EVERY = 30.0
-"""Seconds between the driver's lines while it waits without news (actors, model replicas, shards)."""
 LOADING_REPORT_AFTER = 60.0
 """Seconds a replica may load its model before the driver reports it as still loading."""
 MAX_LOAD_DEATHS = 2
 """Restarts of an actor that dies while loading the model (out of memory, say) before the job gives up."""
-MAX_RETRY_DELAY = 60.0
-"""Longest wait, in seconds, before retrying a failed shard."""
-IN_FLIGHT_PER_ACTOR = 2
-"""Shards handed to an actor at once: one being segmented, one being read or written. More would let a
-slow actor hoard work; fewer would leave the model idle while a shard is uploaded."""
 
 
 @dataclass
@@ -103,43 +86,6 @@ class Summary:
         images = self.images_ok + self.images_failed
         return {**asdict(self), "seconds": round(self.seconds, 3), "startup_seconds": round(self.startup_seconds, 3),
                 "images_per_second": round(images / self.seconds, 3) if self.seconds else 0.0}
-
-
-def connect(address: str | None = None) -> None:
-    """Join the Ray cluster at `address` (or `RAY_ADDRESS`, as under `ray job submit`; "auto" finds a running
-    local one), else start a private local one that ends with this process.
-
-    Raises:
-        ConnectionError: nothing answers at a `HOST:PORT` address (Ray itself would retry for minutes).
-    """
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        _check_reachable(address)
-        ray.init(address=address, logging_level="WARNING")
-    else:
-        # "local" always starts a fresh instance; joining whatever cluster a previous session left recorded
-        # in /tmp/ray hangs when that cluster is gone.
-        ray.init(address="local", include_dashboard=False, logging_level="WARNING")
-
-
-def disconnect() -> None:
-    """Leave the Ray cluster (stopping a private one). Ray forwards the actors' output to this process until
-    then, so whatever is printed after it comes after every forwarded line."""
-    ray.shutdown()
-
-
-def _check_reachable(address: str) -> None:
-    """Fail fast when a `[ray://]HOST:PORT` address refuses connections or does not answer in `CONNECT_TIMEOUT`."""
-    found = re.fullmatch(r"(?:ray://)?\[?([^\[\]/]+?)\]?:(\d+)", address)
-    if not found:
-        return
-    try:
-        socket.create_connection((found[1], int(found[2])), timeout=CONNECT_TIMEOUT).close()
-    except OSError as error:
-        raise ConnectionError(f"cannot reach the Ray cluster at {address} ({error.strerror or error}); check "
-                              "--address or RAY_ADDRESS") from None
 
 
 class Todo:
@@ -382,7 +328,7 @@ def _await_replicas(actors: list, shape: ActorShape, startup_timeout: float) -> 
     deaths: Counter[int] = Counter()
     first: dict[str, Any] = {}
     started = reported = time.monotonic()
-    limit = startup_timeout or PLACEMENT_TIMEOUT
+    limit = startup_timeout or capacity.PLACEMENT_TIMEOUT
     while loading:
         ready, _ = ray.wait([*placing, *loading], num_returns=1, timeout=1.0)
         now = time.monotonic()
@@ -398,7 +344,7 @@ def _await_replicas(actors: list, shape: ActorShape, startup_timeout: float) -> 
                 deaths[index] += 1
                 if deaths[index] > MAX_LOAD_DEATHS:
                     raise JobError(f"actor {index + 1} died {deaths[index]} times while loading the model "
-                                   f"({_reason(error)}); is {shape.describe()} enough for it?") from None
+                                   f"({reason(error)}); is {shape.describe()} enough for it?") from None
                 loading[actors[index].load.remote()] = index
                 continue
             if "error" in answer:
@@ -407,7 +353,7 @@ def _await_replicas(actors: list, shape: ActorShape, startup_timeout: float) -> 
         unplaced = [index for index in range(len(actors)) if index not in placed]
         if unplaced and now - started > limit:
             raise JobError(_not_placed(len(actors), len(unplaced), shape, startup_timeout))
-        if now - reported >= REPORT_EVERY:
+        if now - reported >= executor.REPORT_EVERY:
             reported = now
             _report_startup(unplaced, placed, loading.values(), shape, now)
     return first
@@ -418,9 +364,9 @@ def _not_placed(count: int, unplaced: int, shape: ActorShape, startup_timeout: f
     if startup_timeout:
         return (f"the cluster did not start {count} actor(s) of {shape.describe()} within --startup-timeout "
                 f"{startup_timeout:g} s ({unplaced} not placed; {where})")
-    return (f"{unplaced} of {count} actor(s) of {shape.describe()} were not placed within {PLACEMENT_TIMEOUT:g} s "
-            f"although the cluster had room when the job started ({where}); other work may have taken it: run "
-            "again, or give --startup-timeout to wait for it")
+    return (f"{unplaced} of {count} actor(s) of {shape.describe()} were not placed within "
+            f"{capacity.PLACEMENT_TIMEOUT:g} s although the cluster had room when the job started ({where}); other "
+            "work may have taken it: run again, or give --startup-timeout to wait for it")
 
 
 def _report_startup(unplaced: list[int], placed: dict[int, float], loading: Iterable[int], shape: ActorShape,
@@ -443,118 +389,26 @@ def _numbers(indices: list[int]) -> str:
 
 
 def _schedule(actors: list, todo: Todo, job: LabelJob, summary: Summary, progress: bool) -> None:
-    """Keep every usable actor busy with up to `IN_FLIGHT_PER_ACTOR` shards until all are done: shards due to be
-    retried first, then the next ones of `todo` (made as the listing is read: the progress bar's total is
-    known once it ended). A shard is held only while it is in flight or waiting to be retried.
+    """Label every shard of `todo` on `actors` (the executor's loop: at most `IN_FLIGHT_PER_ACTOR` shards per
+    actor, retries, lost actors), counting what each wrote in `summary`. An actor that died is given shards again
+    once its model reloaded (`load` is the probe: it also says whether the replica is usable)."""
+    pool = Executor(actors, job.max_retries, job.retry_delay, probe=lambda actor: actor.load.remote(),
+                    answered=lambda answer: "info" in answer)
+    begun = time.perf_counter()
 
-    A failed attempt is retried after `job.retry_delay` seconds, doubling for each further attempt (at most
-    `MAX_RETRY_DELAY`), up to `job.max_retries` times. An actor whose task failed because the actor died is set
-    aside until a probe (`load`, which also reloads the model after a restart) answers: Ray restarts it, on
-    another node if its own is gone, and one that cannot be placed again must not be handed shards that would
-    wait for it forever. When no shard has finished for `REPORT_EVERY` seconds, a line says what is running.
-    """
-    pending: deque[Shard] = deque()
-    delayed: list[tuple[float, int, Shard]] = []
-    attempts: Counter[str] = Counter()
-    in_flight: dict[ray.ObjectRef, tuple[int, Shard]] = {}
-    probes: dict[ray.ObjectRef, int] = {}
-    usable = set(range(len(actors)))
-    begun = lost_since = last_news = time.perf_counter()
-    with tqdm(total=None, unit="shard", file=sys.stderr, disable=not progress, mininterval=1.0,
-              dynamic_ncols=True) as bar:
-        while pending or in_flight or delayed or not todo.done:
-            now = time.perf_counter()
-            while delayed and delayed[0][0] <= now:
-                pending.append(heapq.heappop(delayed)[2])
-            busy = Counter(index for index, _ in in_flight.values())
-            for index in sorted(usable, key=busy.__getitem__):
-                for _ in range(IN_FLIGHT_PER_ACTOR - busy[index]):
-                    shard = pending.popleft() if pending else todo.next()
-                    if shard is None:
-                        break
-                    in_flight[actors[index].process.remote(shard, summary.run_id)] = (index, shard)
-            if todo.done and bar.total is None:
-                bar.total = todo.given
-                bar.refresh()
-            summary.in_flight_peak = max(summary.in_flight_peak, len(in_flight))
-            if in_flight or usable:
-                lost_since = now
-            elif now - lost_since > LOST_ACTORS_TIMEOUT:
-                _give_up(summary, bar, itertools.chain(pending, todo),
-                         f"no actor left for {LOST_ACTORS_TIMEOUT:g} s (their nodes are gone)")
-                _give_up(summary, bar, (shard for _, _, shard in delayed), "no actor left")
-                return
-            if now - last_news >= REPORT_EVERY:
-                last_news = now
-                done = summary.shards_written + summary.shards_failed
-                total = f"{todo.given}" if todo.done else f"{todo.given} listed so far"
-                bar.write(f"{len(in_flight)} shard(s) in progress on {len(usable)} actor(s), {done} of {total} "
-                          f"done, {len(delayed)} waiting to be retried; no shard finished in the last "
-                          f"{REPORT_EVERY:g} s", file=sys.stderr)
-            if not in_flight and not probes:
-                time.sleep(min(1.0, max(0.0, delayed[0][0] - now) if delayed else 1.0))
-                continue
-            ready, _ = ray.wait(list(in_flight) + list(probes), num_returns=1, timeout=1.0)
-            for ref in ready:
-                if ref in probes:
-                    _probed(ref, probes, actors, usable)
-                    continue
-                index, shard = in_flight.pop(ref)
-                last_news = time.perf_counter()
-                try:
-                    marker = ray.get(ref)
-                except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as error:
-                    if isinstance(error, ray.exceptions.RayActorError) and index in usable:
-                        usable.discard(index)
-                        probes[actors[index].load.remote()] = index
-                    attempts[shard.name] += 1
-                    delay = min(MAX_RETRY_DELAY, job.retry_delay * 2 ** (attempts[shard.name] - 1))
-                    if attempts[shard.name] <= job.max_retries:
-                        heapq.heappush(delayed, (time.perf_counter() + delay, id(shard), shard))
-                        _note_retry(summary, bar, shard.name, _reason(error), delay)
-                    else:
-                        _give_up(summary, bar, [shard], _reason(error))
-                    continue
-                summary.shards_written += 1
-                summary.images_ok += marker["images_ok"]
-                summary.images_failed += marker["images_failed"]
-                images = summary.images_ok + summary.images_failed
-                bar.set_postfix(images=images, img_per_s=f"{images / (time.perf_counter() - begun):.2f}",
-                                refresh=False)
-                bar.update()
+    def images(outcome: Outcome[Shard]) -> dict[str, Any]:
+        images = summary.images_ok + summary.images_failed
+        return {"images": images, "img_per_s": f"{images / (time.perf_counter() - begun):.2f}"}
 
-
-def _probed(ref: ray.ObjectRef, probes: dict[ray.ObjectRef, int], actors: list, usable: set[int]) -> None:
-    """An actor set aside answered its probe: usable again if its model loaded, probed again if it died again."""
-    index = probes.pop(ref)
     try:
-        answer = ray.get(ref)
-    except ray.exceptions.RayActorError:
-        probes[actors[index].load.remote()] = index
-        return
-    if "info" in answer:
-        usable.add(index)
-
-
-def _give_up(summary: Summary, bar: tqdm, shards: Iterable[Shard], reason: str) -> None:
-    """Count every shard of `shards` as failed for good."""
-    for shard in (failed.name for failed in shards):
-        summary.shards_failed += 1
-        summary.failed.append({"shard": shard, "error": reason})
-        bar.write(f"shard {shard} failed for good: {reason}", file=sys.stderr)
-        bar.update()
-
-
-def _note_retry(summary: Summary, bar: tqdm, shard: str, reason: str, delay: float) -> None:
-    summary.retries += 1
-    bar.write(f"shard {shard} will be retried in {delay:g} s: {reason}", file=sys.stderr)
-
-
-def _reason(error: Exception) -> str:
-    """One line saying why an attempt failed (also `clustering.pool`'s)."""
-    if isinstance(error, ray.exceptions.RayTaskError) and error.cause is not None:
-        cause = error.cause
-        return f"{type(cause).__name__}: {cause}".splitlines()[0]
-    if isinstance(error, ray.exceptions.RayActorError):
-        return "the actor died (its process was killed or crashed)"
-    return str(error).splitlines()[0]
+        for outcome in pool.map(lambda actor, shard: actor.process.remote(shard, summary.run_id), todo,
+                                name=lambda shard: shard.name, progress=progress, postfix=images):
+            if outcome.error is not None:
+                summary.shards_failed += 1
+                summary.failed.append({"shard": outcome.unit.name, "error": outcome.error})
+                continue
+            summary.shards_written += 1
+            summary.images_ok += outcome.result["images_ok"]
+            summary.images_failed += outcome.result["images_failed"]
+    finally:
+        summary.retries, summary.in_flight_peak = pool.retries, pool.in_flight_peak

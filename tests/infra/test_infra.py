@@ -231,7 +231,7 @@ SHAPES = {"kuberay": kuberay_shape, "aws": aws_shape}
 def simulated_resources(label, args, nodes: list[dict]) -> tuple[int, float, float, float]:
     """(actors, gpus, cpus and memory per actor) as the job decides them (`pipeline.execution.capacity`, with the job's
     defaults) on an idle cluster of `nodes` (Ray resource dicts)."""
-    from pipeline.labeling import capacity
+    from pipeline.execution import capacity
 
     job = label.job_from_args(args)
     cluster = [capacity.Node(str(i), node.get("CPU", 0), node.get("GPU", 0), node.get("memory", 0))

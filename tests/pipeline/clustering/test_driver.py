@@ -10,7 +10,7 @@ from pipeline.clustering.centroids import CENTROIDS
 from pipeline.clustering.driver import execute, needs_ray, plan
 from pipeline.clustering.job import DEFAULT_SAMPLE, ClusterJob
 from pipeline.clustering.output import CLASS_SCHEMA, NONE
-from pipeline.labeling.capacity import JobError
+from pipeline.execution.capacity import JobError
 from pipeline.labeling.output import MANIFEST, OutputConflict, OutputDataset, decode_mask
 from pipeline.labeling.sources import InputError
 from pipeline.labeling.storage import Location, StorageError

@@ -16,8 +16,9 @@ import s3fs
 from PIL import Image
 
 from diffseg import DiffSegConfig, ModelLoadError
+from pipeline.execution import capacity, executor
+from pipeline.execution.capacity import Actors, ActorShape, JobError
 from pipeline.labeling import driver
-from pipeline.labeling.capacity import Actors, ActorShape, JobError
 from pipeline.labeling.driver import run
 from pipeline.labeling.job import LabelJob
 from pipeline.labeling.output import OutputConflict, OutputDataset, decode_mask
@@ -240,7 +241,7 @@ def test_a_model_that_cannot_be_loaded_stops_the_job_before_any_output(tmp_path)
 
 def test_actors_waiting_for_an_autoscaler_are_reported_until_the_startup_timeout(tmp_path, monkeypatch, capfd):
     write_files(tmp_path / "in", good_images(2))
-    monkeypatch.setattr(driver, "REPORT_EVERY", 1.0)
+    monkeypatch.setattr(executor, "REPORT_EVERY", 1.0)
     started = time.monotonic()
     with pytest.raises(JobError, match=r"^the cluster did not start 1 actor\(s\) of 1 CPU\(s\), 1 GPU\(s\) and 1 GiB "
                                        r"memory within --startup-timeout 4 s \(1 not placed; node [^:]+: 8 CPU, "
@@ -259,7 +260,7 @@ def test_actors_waiting_for_an_autoscaler_are_reported_until_the_startup_timeout
 def test_actors_that_cannot_be_placed_although_they_fitted_are_a_bounded_wait(tmp_path, monkeypatch):
     """Other work may take the room between the check and the start; the job says so instead of hanging."""
     write_files(tmp_path / "in", good_images(1))
-    monkeypatch.setattr(driver, "PLACEMENT_TIMEOUT", 2.0)
+    monkeypatch.setattr(capacity, "PLACEMENT_TIMEOUT", 2.0)
     monkeypatch.setattr(driver, "actors_for", lambda job, shards: Actors(1, ActorShape(64, 0, 0)))
     with pytest.raises(JobError, match=r"^1 of 1 actor\(s\) of 64 CPU\(s\), 0 GPU\(s\) and 0 GiB memory were not "
                                        r"placed within 2 s although the cluster had room"):
@@ -276,7 +277,7 @@ class SlowLoadingWorker(LabelWorker):
 
 def test_a_replica_still_loading_its_model_says_so(tmp_path, monkeypatch, capfd):
     write_files(tmp_path / "in", good_images(2))
-    monkeypatch.setattr(driver, "REPORT_EVERY", 1.0)
+    monkeypatch.setattr(executor, "REPORT_EVERY", 1.0)
     monkeypatch.setattr(driver, "LOADING_REPORT_AFTER", 1.0)
     summary = driver.execute(driver.plan(job(str(tmp_path / "in"), str(tmp_path / "out"), num_actors=1)),
                              progress=False, worker=SlowLoadingWorker)
@@ -294,7 +295,7 @@ class SlowWorker(LabelWorker):
 
 def test_a_line_comes_while_no_shard_finishes(tmp_path, monkeypatch, capfd):
     write_files(tmp_path / "in", good_images(1))
-    monkeypatch.setattr(driver, "REPORT_EVERY", 1.0)
+    monkeypatch.setattr(executor, "REPORT_EVERY", 1.0)
     summary = driver.execute(driver.plan(job(str(tmp_path / "in"), str(tmp_path / "out"), num_actors=1)),
                              progress=False, worker=SlowWorker)
     assert summary.images_ok == 1

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.labeling.capacity import GIB, ActorShape, JobError, Node, actor_shape, fit, hostable
+from pipeline.execution.capacity import GIB, ActorShape, JobError, Node, actor_shape, fit, hostable
 
 
 def node(cpus: float, gpus: float = 0, memory_gib: float = 16, name: str = "10.0.0.1") -> Node:

@@ -1,4 +1,4 @@
-"""What a Ray cluster can host: the labeling job's actors fitted to the cluster's nodes, before any is started.
+"""What a Ray cluster can host: a job's actors fitted to the cluster's nodes, before any is started.
 
 Ray places an actor only on one node that has all it asks for at once (CPUs, GPUs, memory), and an actor that
 fits nowhere waits forever without saying so. So the job counts, per node, how many of its actors fit, and
@@ -12,6 +12,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 GIB = 2**30
+PLACEMENT_TIMEOUT = 60.0
+"""Seconds actors may take to be placed when the cluster had room for them as the job started (no
+`--startup-timeout`): if other work took the room meanwhile, the job says so instead of waiting forever."""
 ACTOR_MEMORY = {"tiny": 1 * GIB, "cpu": 6 * GIB, "gpu": 4 * GIB}
 """Host memory (bytes) an actor reserves when `--memory-per-actor` is not given: the built-in tiny models
 (`TINY_MODELS`) need little; a full-size SD 1.x replica on CPU peaked at 4.35 GiB RSS (fp32, 512 px,
