@@ -50,9 +50,9 @@ from diffseg.segment import Segmentation  # noqa: E402
 from diffseg.visualize import label_png  # noqa: E402
 from pipeline.labeling.driver import execute, plan  # noqa: E402
 from pipeline.labeling.job import LabelJob  # noqa: E402
-from pipeline.labeling.output import Row, encode_shard  # noqa: E402
-from pipeline.labeling.sources import Shard  # noqa: E402
 from pipeline.labeling.worker import LabelWorker  # noqa: E402
+from pipeline.store.dataset import Row, encode_shard  # noqa: E402
+from pipeline.store.inputs import Shard  # noqa: E402
 from synthetic.attention import random_partition  # noqa: E402
 
 SIZE = (1600, 1200)

@@ -36,8 +36,8 @@ from diffseg.visualize import label_png  # noqa: E402
 from pipeline.clustering.driver import execute, plan  # noqa: E402
 from pipeline.clustering.job import ClusterJob  # noqa: E402
 from pipeline.clustering.worker import ClassWorker  # noqa: E402
-from pipeline.labeling.output import OutputDataset, Row, encode_descriptors  # noqa: E402
-from pipeline.labeling.storage import Location  # noqa: E402
+from pipeline.store.dataset import OutputDataset, Row, encode_descriptors  # noqa: E402
+from pipeline.store.location import Location  # noqa: E402
 
 SEGMENTS = 10
 """Segments per image."""

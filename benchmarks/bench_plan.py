@@ -45,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.labeling.driver import plan  # noqa: E402
 from pipeline.labeling.job import LabelJob  # noqa: E402
-from pipeline.labeling.output import DONE  # noqa: E402
-from pipeline.labeling.sources import Shard  # noqa: E402
+from pipeline.store.dataset import DONE  # noqa: E402
+from pipeline.store.inputs import Shard  # noqa: E402
 
 PER_FOLDER = 1000
 ROOT = "data"

@@ -1,7 +1,7 @@
 """Worker benchmark: the labeling actor in-process, without Ray, on local shards of 2-megapixel JPEG photos.
 
 `--photos` JPEGs of 1600x1200 (quality 90; random windows of the sample photos with film grain, so that they are
-300-700 KB as real 2-MP photos are) are listed by the job's own planning (`pipeline.labeling.sources.inventory`)
+300-700 KB as real 2-MP photos are) are listed by the job's own planning (`pipeline.store.inputs.inventory`)
 and cut into shards of `--shard-size` images, repeating the photos until `--images` images. One `LabelWorker` (the
 class the job runs as a Ray actor) with `--threads` CPU threads labels them in this process, two shards at a time as
 the driver gives an actor: reading, decoding, the model (`--model` at `--resolution` px, `--dtype`, `--batch`
@@ -46,9 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from benchmarks.bench_core import peak_gib, reset_peak  # noqa: E402
 from diffseg import DiffSegConfig  # noqa: E402
-from pipeline.labeling.sources import Shard, SourceFile, inventory  # noqa: E402
-from pipeline.labeling.storage import Location  # noqa: E402
+from pipeline.labeling.planning import inventory  # noqa: E402
 from pipeline.labeling.worker import LabelWorker, Placement, WorkerSettings  # noqa: E402
+from pipeline.store.inputs import Shard, SourceFile  # noqa: E402
+from pipeline.store.location import Location  # noqa: E402
 
 SIZE = (1600, 1200)
 """Default `(width, height)` of the photos: 2 megapixels."""

@@ -15,7 +15,6 @@ The last line printed is a JSON summary. Exit status: 0 every shard written, 1 s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -26,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from diffseg.arguments import OneLineParser  # noqa: E402
 from pipeline.clustering.job import ACTOR_MEMORY, DEFAULT_SAMPLE, MAX_CLASSES, ClusterJob  # noqa: E402
 from pipeline.execution.capacity import GIB  # noqa: E402
-from pipeline.labeling.storage import StorageError, parse_storage_options  # noqa: E402
+from pipeline.execution.command import add_ray_arguments, check_at_least, job_or_exit, ray_minimums, run_ray_job  # noqa: E402
+from pipeline.store.location import StorageError, parse_storage_options  # noqa: E402
 
 MAX_SEED = 2**31 - 1
 """faiss takes a C int seed."""
@@ -46,19 +46,10 @@ def parser() -> argparse.ArgumentParser:
                         "1,280 dims)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample and of k-means (default 0)")
     p.add_argument("--iterations", type=int, default=20, help="Lloyd iterations of each k-means run (default 20)")
-    p.add_argument("--num-actors", type=int, default=None, help="default: as many as the cluster can host now")
     p.add_argument("--cpus-per-actor", type=float, default=1.0, help="default 1")
     p.add_argument("--memory-per-actor", type=float, default=ACTOR_MEMORY / GIB, metavar="GIB",
                    help=f"host memory each actor reserves, in GiB (default {ACTOR_MEMORY / GIB:g}; 0 reserves none)")
-    p.add_argument("--max-retries", type=int, default=5, help="further attempts per failed shard (default 5)")
-    p.add_argument("--retry-delay", type=float, default=5.0,
-                   help="seconds before a failed shard's first retry, doubling for each further one up to 60 "
-                        "(default 5)")
-    p.add_argument("--storage-options", default=None, help="JSON object of fsspec options for input and output")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster address, or auto for a running local one (default: RAY_ADDRESS, else a new "
-                        "local Ray)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_ray_arguments(p, "actors (default: as many as the cluster can host now)")
     return p
 
 
@@ -69,12 +60,9 @@ def job_from_args(args: argparse.Namespace) -> ClusterJob:
                          f"got {args.classes}")
     if not 0 <= args.seed <= MAX_SEED:
         raise ValueError(f"--seed must be in 0..{MAX_SEED}, got {args.seed}")
-    for flag, value, least in (("--sample", args.sample, args.classes), ("--iterations", args.iterations, 1),
-                               ("--num-actors", args.num_actors, 1), ("--cpus-per-actor", args.cpus_per_actor, 0.001),
-                               ("--memory-per-actor", args.memory_per_actor, 0), ("--max-retries", args.max_retries, 0),
-                               ("--retry-delay", args.retry_delay, 0)):
-        if value is not None and value < least:
-            raise ValueError(f"{flag} must be at least {least:g}, got {value:g}")
+    check_at_least([("--sample", args.sample, args.classes), ("--iterations", args.iterations, 1),
+                    ("--cpus-per-actor", args.cpus_per_actor, 0.001), ("--memory-per-actor", args.memory_per_actor, 0),
+                    *ray_minimums(args)])
     return ClusterJob(input=args.input, output=args.output, classes=args.classes, sample=args.sample, seed=args.seed,
                       iterations=args.iterations, num_actors=args.num_actors, cpus_per_actor=args.cpus_per_actor,
                       memory_per_actor=args.memory_per_actor * GIB, max_retries=args.max_retries,
@@ -83,32 +71,18 @@ def job_from_args(args: argparse.Namespace) -> ClusterJob:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        job = job_from_args(args)
-    except (ValueError, StorageError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    job = job_or_exit(job_from_args, args)
     from pipeline.clustering.driver import execute, needs_ray, plan
     from pipeline.execution.capacity import JobError
-    from pipeline.execution.cluster import connect, disconnect
-    from pipeline.labeling.output import OutputConflict
+    from pipeline.store.dataset import OutputConflict
 
-    try:
-        planned = plan(job)
-        if needs_ray(planned):
-            connect(args.address)
-        summary = execute(planned, progress=not args.no_progress)
-    except (ValueError, StorageError, OutputConflict, JobError, ConnectionError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    finally:
-        disconnect()
-    print(f"{summary.images_ok} image(s) given classes, {summary.images_failed} error row(s), "
-          f"{summary.shards_written} shard(s) written, {summary.shards_skipped} already done, "
-          f"{summary.shards_failed} failed; {job.classes} classes ({summary.centroids} centroids, "
-          f"{summary.sample:,} descriptors) in {summary.output}", file=sys.stderr)
-    print(json.dumps(summary.to_dict()), flush=True)
-    return 1 if summary.shards_failed else 0
+    return run_ray_job(lambda: plan(job), needs_ray, lambda planned: execute(planned, progress=not args.no_progress),
+                       args.address, (ValueError, StorageError, OutputConflict, JobError, ConnectionError),
+                       lambda summary: (f"{summary.images_ok} image(s) given classes, {summary.images_failed} error "
+                                        f"row(s), {summary.shards_written} shard(s) written, {summary.shards_skipped} "
+                                        f"already done, {summary.shards_failed} failed; {job.classes} classes "
+                                        f"({summary.centroids} centroids, {summary.sample:,} descriptors) in "
+                                        f"{summary.output}"))
 
 
 if __name__ == "__main__":

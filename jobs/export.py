@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported once argparse has checked the flags, so that --help and bad flags answer at once.
     from pipeline.export.annotations import ExportError, Filters
     from pipeline.export.rows import export, settings
-    from pipeline.labeling.storage import Location, StorageError, parse_storage_options
+    from pipeline.store.location import Location, StorageError, parse_storage_options
 
     fmt = format_named(args.format)
     filters = Filters(args.min_area, args.min_score, args.min_stability)

@@ -10,7 +10,6 @@ used are rows with status=error), 1 some shard failed for good, 2 bad arguments 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -22,9 +21,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from diffseg.arguments import OneLineParser, add_algorithm_arguments, config_from_args  # noqa: E402
 from diffseg.defaults import DEFAULT_MODEL, MAX_PIXELS, MODEL_HELP, PRECISIONS  # noqa: E402
 from pipeline.execution.capacity import GIB  # noqa: E402
+from pipeline.execution.command import add_ray_arguments, check_at_least, job_or_exit, ray_minimums, run_ray_job  # noqa: E402
 from pipeline.labeling.job import LabelJob  # noqa: E402
-from pipeline.labeling.sources import FORMATS, ParquetColumns  # noqa: E402
-from pipeline.labeling.storage import StorageError, parse_storage_options  # noqa: E402
+from pipeline.store.inputs import FORMATS, ParquetColumns  # noqa: E402
+from pipeline.store.location import StorageError, parse_storage_options  # noqa: E402
 
 if TYPE_CHECKING:
     from pipeline.labeling.driver import Summary
@@ -46,8 +46,6 @@ def parser() -> argparse.ArgumentParser:
                    help="Parquet inputs: column of image bytes (default: image, jpg, ...)")
     p.add_argument("--id-column", default=None,
                    help="Parquet inputs: column of image ids (default: key, else FILE#ROW)")
-    p.add_argument("--num-actors", type=int, default=None,
-                   help="model replicas (default: as many as the cluster can host now)")
     p.add_argument("--gpus-per-actor", type=float, default=None,
                    help="default: 1 when the cluster has GPUs, else 0; at most 1, fractions share a GPU")
     p.add_argument("--cpus-per-actor", type=float, default=None,
@@ -63,10 +61,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="larger images become error rows")
     p.add_argument("--descriptors", action="store_true",
                    help="also write each segment's descriptor (1280 float16 values), for jobs/cluster.py")
-    p.add_argument("--max-retries", type=int, default=5, help="further attempts per failed shard (default 5)")
-    p.add_argument("--retry-delay", type=float, default=5.0,
-                   help="seconds before a failed shard's first retry, doubling for each further one up to 60 "
-                        "(default 5)")
     p.add_argument("--startup-timeout", type=float, default=0,
                    help="seconds to wait for an autoscaling cluster to add the nodes the actors need (default 0: "
                         "the resources must be there now)")
@@ -76,25 +70,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-files", type=int, default=None,
                    help="label at most N new input files, the first in key order, and stop listing there: a trial "
                         "run on the start of a huge input (run again without it for the rest)")
-    p.add_argument("--storage-options", default=None, help="JSON object of fsspec options for input and output")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster address, or auto for a running local one (default: RAY_ADDRESS, else a new "
-                        "local Ray)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_ray_arguments(p, "model replicas (default: as many as the cluster can host now)")
     return p
 
 
 def job_from_args(args: argparse.Namespace) -> LabelJob:
     """The `LabelJob` the parsed arguments describe; raises `ValueError` naming a bad value."""
-    for flag, value, least in (("--shard-size", args.shard_size, 1), ("--batch-size", args.batch_size, 1),
-                               ("--num-actors", args.num_actors, 1), ("--max-retries", args.max_retries, 0),
-                               ("--gpus-per-actor", args.gpus_per_actor, 0), ("--max-pixels", args.max_pixels, 1),
-                               ("--cpus-per-actor", args.cpus_per_actor, 0.001),
-                               ("--memory-per-actor", args.memory_per_actor, 0),
-                               ("--retry-delay", args.retry_delay, 0), ("--startup-timeout", args.startup_timeout, 0),
-                               ("--max-files", args.max_files, 1)):
-        if value is not None and value < least:
-            raise ValueError(f"{flag} must be at least {least:g}, got {value:g}")
+    check_at_least([("--shard-size", args.shard_size, 1), ("--batch-size", args.batch_size, 1),
+                    ("--gpus-per-actor", args.gpus_per_actor, 0), ("--max-pixels", args.max_pixels, 1),
+                    ("--cpus-per-actor", args.cpus_per_actor, 0.001), ("--memory-per-actor", args.memory_per_actor, 0),
+                    ("--startup-timeout", args.startup_timeout, 0), ("--max-files", args.max_files, 1),
+                    *ray_minimums(args)])
     if args.gpus_per_actor is not None and args.gpus_per_actor > 1:
         raise ValueError(f"--gpus-per-actor must be at most 1, got {args.gpus_per_actor:g}: a model replica runs on "
                          "one GPU; more actors (--num-actors) use more GPUs")
@@ -113,36 +99,27 @@ def job_from_args(args: argparse.Namespace) -> LabelJob:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        job = job_from_args(args)
-    except (ValueError, StorageError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    job = job_or_exit(job_from_args, args)
     from diffseg import ModelLoadError
     from pipeline.execution.capacity import JobError
-    from pipeline.execution.cluster import connect, disconnect
     from pipeline.labeling.driver import execute, plan
-    from pipeline.labeling.output import OutputConflict
+    from pipeline.store.dataset import OutputConflict
 
-    try:
-        planned = plan(job)
-        if planned.todo:
-            connect(args.address)
-        summary = execute(planned, progress=not args.no_progress)
-    except (ValueError, StorageError, OutputConflict, ModelLoadError, JobError, ConnectionError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    finally:
-        disconnect()
-    print(f"{summary.files_new} new input file(s) found, {summary.images_ok} image(s) labeled, "
-          f"{summary.images_failed} failed, {summary.shards_written} shard(s) written, {summary.shards_skipped} "
-          f"already done, {summary.shards_failed} failed; masks in {summary.output}" + _changes_line(summary)
-          + (f"; {summary.files_ignored} file(s) under the input are not of its kind and were ignored"
-             if summary.files_ignored else "")
-          + (f"; stopped listing at --max-files {job.max_files}: run again without it to label the rest"
-             if summary.max_files_reached else ""), file=sys.stderr)
-    print(json.dumps(summary.to_dict()), flush=True)
-    return 1 if summary.shards_failed else 0
+    return run_ray_job(lambda: plan(job), lambda planned: bool(planned.todo),
+                       lambda planned: execute(planned, progress=not args.no_progress), args.address,
+                       (ValueError, StorageError, OutputConflict, ModelLoadError, JobError, ConnectionError),
+                       lambda summary: _account(job, summary))
+
+
+def _account(job: LabelJob, summary: Summary) -> str:
+    """The run in one line, for stderr."""
+    return (f"{summary.files_new} new input file(s) found, {summary.images_ok} image(s) labeled, "
+            f"{summary.images_failed} failed, {summary.shards_written} shard(s) written, {summary.shards_skipped} "
+            f"already done, {summary.shards_failed} failed; masks in {summary.output}" + _changes_line(summary)
+            + (f"; {summary.files_ignored} file(s) under the input are not of its kind and were ignored"
+               if summary.files_ignored else "")
+            + (f"; stopped listing at --max-files {job.max_files}: run again without it to label the rest"
+               if summary.max_files_reached else ""))
 
 
 def _changes_line(summary: Summary) -> str:

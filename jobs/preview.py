@@ -19,7 +19,7 @@ from collections.abc import Sequence
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from diffseg.arguments import OneLineParser  # noqa: E402
-from pipeline.labeling.storage import Location, StorageError, parse_storage_options  # noqa: E402
+from pipeline.store.location import Location, StorageError, parse_storage_options  # noqa: E402
 from pipeline.viewing.preview import overview, write_preview  # noqa: E402
 
 

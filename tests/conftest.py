@@ -1,4 +1,5 @@
 import os
+import random
 import secrets
 
 # Tests never reach the Hub: every model comes from memory, a temp folder or a temp Hub cache.
@@ -20,6 +21,22 @@ from diffusers import EulerDiscreteScheduler  # noqa: E402
 from diffseg import DiffSeg, builtin  # noqa: E402
 from diffseg.model import LoadedModel, load_model  # noqa: E402
 from tests.cluster import start_moto, start_ray_head, stop  # noqa: E402
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--order", default="file",
+                     help="file (as collected, the default), reverse, or shuffle[:SEED]: run the tests in another "
+                          "order, to show that none depends on what another left behind")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    order = config.getoption("--order")
+    if order == "reverse":
+        items.reverse()
+    elif order == "shuffle" or (order.startswith("shuffle:") and order[len("shuffle:"):].isdigit()):
+        random.Random(int(order.partition(":")[2] or 0)).shuffle(items)
+    elif order != "file":
+        raise pytest.UsageError(f"--order must be file, reverse or shuffle[:SEED], got {order!r}")
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,8 @@ import io
 import faiss
 import numpy as np
 
-from ..labeling.output import OutputConflict
-from ..labeling.storage import Location, StorageError
+from ..store.dataset import OutputConflict
+from ..store.location import Location, StorageError
 
 CENTROIDS = "_centroids.npy"
 """The centroids' file under the output (`_`: dataset readers skip it)."""

@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import faiss
@@ -23,11 +23,12 @@ import numpy as np
 import ray
 
 from ..execution.capacity import PLACEMENT_TIMEOUT, ActorShape, JobError, Node, cluster_summary, hostable
+from ..execution.command import RunSummary
 from ..execution.executor import REPORT_EVERY, Executor
-from ..labeling.output import OutputDataset
-from ..labeling.provenance import environment
-from ..labeling.sources import InputError
-from ..labeling.storage import Location
+from ..store.dataset import OutputDataset
+from ..store.inputs import InputError
+from ..store.location import Location
+from ..store.provenance import environment
 from . import centroids
 from .job import ClusterJob
 from .output import CLASS_SCHEMA
@@ -36,39 +37,22 @@ from .worker import ClassWorker
 
 
 @dataclass
-class Summary:
-    """What a run did; `to_dict()` is the job's last output line."""
+class Summary(RunSummary):
+    """What a run did (`RunSummary`'s fields and its own); `to_dict()` is the job's last output line.
+    `images_failed` counts the rows written as errors: the input's error rows, and rows whose descriptors or mask
+    could not be used."""
 
-    images_ok: int = 0
-    images_failed: int = 0
-    """Rows written as errors: the input's error rows, and rows whose descriptors or mask could not be used."""
-    shards_written: int = 0
-    shards_skipped: int = 0
-    shards_failed: int = 0
-    retries: int = 0
     centroids: str = ""
     """"trained" by this run, or "reused": those of an earlier run into the same output."""
     centroids_sha256: str = ""
     sample: int = 0
     """Descriptors the centroids were trained on (by this run or the earlier one)."""
-    seconds: float = 0.0
-    """Wall time of the whole run."""
     sample_seconds: float = 0.0
     """Part of `seconds` spent counting the descriptors and drawing the sample."""
     train_seconds: float = 0.0
     """Part of `seconds` spent in k-means."""
     assign_seconds: float = 0.0
     """Part of `seconds` spent writing the semantic masks."""
-    output: str = ""
-    run_id: str = ""
-    failed: list[dict[str, str]] = field(default_factory=list)
-    """`{"shard": name, "error": last error}` for each shard whose semantic masks could not be written."""
-    in_flight_peak: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """All fields, times rounded to ms."""
-        times = ("seconds", "sample_seconds", "train_seconds", "assign_seconds")
-        return {**asdict(self), **{key: round(getattr(self, key), 3) for key in times}}
 
 
 @dataclass
@@ -118,7 +102,7 @@ def plan(job: ClusterJob) -> Plan:
 def _identity(job: ClusterJob, source: OutputDataset, manifest: dict[str, Any]) -> dict[str, Any]:
     """What every file of an output must share. `config`, `columns` and `model` are the input's, where readers of a
     labeling output find them: evaluation gives the ground truth the geometry of the masks, the export and the
-    preview read the photos back (`labeling.output.manifest_config`, `manifest_columns`)."""
+    preview read the photos back (`store.dataset.manifest_config`, `manifest_columns`)."""
     return {"kind": "pseudo-classes", "input": source.location.uri(""), "source": manifest,
             "config": manifest.get("config"), "columns": manifest.get("columns"), "model": manifest.get("model"),
             "classes": job.classes, "sample": job.sample, "seed": job.seed, "iterations": job.iterations}
@@ -286,11 +270,5 @@ def _assign(planned: Plan, recorded: dict[str, Any], pool: Executor, summary: Su
                   "run_id": summary.run_id}
     for outcome in pool.map(lambda actor, shard: actor.assign.remote(shard, trained, provenance), planned.todo,
                             desc="assigning", progress=progress):
-        if outcome.error is not None:
-            summary.shards_failed += 1
-            summary.failed.append({"shard": outcome.unit, "error": outcome.error})
-            continue
-        summary.shards_written += 1
-        summary.images_ok += outcome.result["images_ok"]
-        summary.images_failed += outcome.result["images_failed"]
+        summary.record(outcome.unit, outcome.error, outcome.result)
     summary.assign_seconds = time.perf_counter() - begun

@@ -1,4 +1,4 @@
-"""The pseudo-class output: the labeling output's layout (`pipeline.labeling.output.OutputDataset`: one Parquet
+"""The pseudo-class output: the labeling output's layout (`pipeline.store.dataset.OutputDataset`: one Parquet
 file per input shard under the same name, `_done/` markers, the `_diffseg.json` manifest) with its own columns,
 and the centroids beside them.
 
@@ -17,21 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from ..store.dataset import MaskRow, mask_schema
+
 NONE = 255
 """Pixel value of the semantic masks where no class applies (a mask pixel whose segment has no descriptor)."""
 
-CLASS_SCHEMA = pa.schema([
-    ("image_id", pa.string()),
-    ("source_uri", pa.string()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("mask", pa.binary()),
-    ("num_segments", pa.int32()),
-    ("classes", pa.list_(pa.int32())),
-    ("distances", pa.list_(pa.float32())),
-    ("status", pa.string()),
-    ("error", pa.string()),
-])
+CLASS_SCHEMA = mask_schema([("classes", pa.list_(pa.int32())), ("distances", pa.list_(pa.float32()))])
 """Columns of every pseudo-class file. `mask`: 8-bit PNG of the semantic mask, pixel = class id of its segment
 (`NONE` where none); `num_segments`: segments of the input mask; `classes[i]`: class of the input's segment id i;
 `distances[i]`: its cosine distance (1 - cosine) to that class's centroid. The columns `image_id`, `source_uri`,
@@ -40,23 +31,11 @@ CLASS_SCHEMA = pa.schema([
 
 
 @dataclass
-class ClassRow:
-    """One output row: an image's semantic mask and its segments' classes, or why it has none."""
+class ClassRow(MaskRow):
+    """One output row (`CLASS_SCHEMA`): an image's semantic mask and its segments' classes, or why it has none."""
 
-    image_id: str
-    source_uri: str
-    width: int | None = None
-    height: int | None = None
-    mask: bytes | None = None
-    num_segments: int | None = None
     classes: list[int] | None = None
     distances: list[float] | None = None
-    status: str = "ok"
-    error: str | None = None
-
-    @classmethod
-    def failed(cls, image_id: str, source_uri: str, error: str) -> ClassRow:
-        return cls(image_id, source_uri, status="error", error=error)
 
 
 def semantic(labels: np.ndarray, classes: np.ndarray) -> np.ndarray:

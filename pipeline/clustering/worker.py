@@ -17,14 +17,13 @@ from typing import Any
 import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from diffseg.visualize import label_png
 
-from ..labeling.output import OutputDataset, decode_descriptors, decode_mask
-from ..labeling.prefetch import pool_map
-from ..labeling.provenance import now
-from ..labeling.storage import Location
+from ..store.dataset import OutputDataset, decode_descriptors, decode_mask
+from ..store.location import Location
+from ..store.prefetch import pool_map
+from ..store.provenance import now
 from .centroids import Nearest
 from .output import CLASS_SCHEMA, ClassRow, semantic
 from .sample import picks, usable_segments
@@ -44,7 +43,7 @@ class ClassWorker:
 
     def __init__(self, source: Location, output: Location, threads: int = 1) -> None:
         """`threads`: the actor's CPUs, for faiss and the masks' pool (capped by the machine's cores)."""
-        self.source = source
+        self.source = OutputDataset(source)
         self.output = OutputDataset(output, CLASS_SCHEMA)
         self._threads = max(1, min(threads, os.cpu_count() or 1))
         faiss.omp_set_num_threads(self._threads)
@@ -86,12 +85,11 @@ class ClassWorker:
             records = batch.to_pylist()
             rows.extend(pool_map(_row, zip(records, _classified(records, nearest)), self._masks, 2 * self._threads))
         return self.output.write(shard, rows, {**provenance, "created": now(),
-                                               "shard": {"name": shard, "input": self.source.uri(f"{shard}.parquet")}})
+                                               "shard": {"name": shard, "input": self.source.shard_uri(shard)}})
 
     def _batches(self, shard: str, columns: list[str]) -> Iterator[pa.RecordBatch]:
         """The input shard's `columns`, `BATCH_ROWS` rows at a time."""
-        with self.source.fs.open(self.source.path(f"{shard}.parquet"), "rb") as opened:
-            yield from pq.ParquetFile(opened).iter_batches(batch_size=BATCH_ROWS, columns=columns)
+        return self.source.shard_batches(shard, columns, BATCH_ROWS)
 
 
 def _descriptors(blob: bytes | None, num_segments: int | None) -> np.ndarray:

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..labeling.sources import IMAGE_SUFFIXES, InputError
-from ..labeling.storage import Location
+from ..store.inputs import IMAGE_SUFFIXES, InputError
+from ..store.location import Location
 
 IGNORE = -1
 """Class id of pixels that are not scored."""

@@ -36,9 +36,9 @@ from diffseg.metrics import Evaluation, ImageScore
 from diffseg.preprocess import PreparedImage, prepare, prepare_label
 from diffseg.visualize import to_image
 
-from ..labeling.output import OutputDataset, decode_mask, manifest_config
-from ..labeling.prefetch import prefetch
-from ..labeling.storage import Location
+from ..store.dataset import OutputDataset, decode_mask, manifest_config
+from ..store.location import Location
+from ..store.prefetch import prefetch
 from ..viewing.pages import display_size, resize_nearest, spread
 from .datasets import Example, LabeledDataset, join_key
 

@@ -20,6 +20,8 @@ from typing import Any, Generic, TypeVar
 import ray
 from tqdm import tqdm
 
+from .command import MAX_RETRY_DELAY
+
 IN_FLIGHT_PER_ACTOR = 2
 """Units handed to an actor at once: one being worked on, one being read or written. More would let a slow actor
 hoard work; fewer would leave the model idle while a shard is uploaded."""
@@ -28,8 +30,6 @@ REPORT_EVERY = 30.0
 LOST_ACTORS_TIMEOUT = 600.0
 """Seconds to wait when every actor has been lost (their nodes gone) before the remaining units are given up;
 a re-run finishes them."""
-MAX_RETRY_DELAY = 60.0
-"""Longest wait, in seconds, before retrying a failed unit."""
 
 U = TypeVar("U")
 Call = Callable[[Any, U], ray.ObjectRef]

@@ -15,7 +15,7 @@ import numpy as np
 from pycocotools import mask as rle_codec
 from scipy.ndimage import distance_transform_edt
 
-from ..labeling.output import decode_mask
+from ..store.dataset import decode_mask
 
 SCORES = ("score", "stability")
 """The per-segment scores (absent from outputs labeled before they existed)."""

@@ -23,10 +23,10 @@ from tqdm import tqdm
 from diffseg.config import DiffSegConfig
 from diffseg.methods import spoken
 
-from ..labeling.output import OutputDataset, manifest_columns, manifest_config
-from ..labeling.prefetch import pool_map
-from ..labeling.sources import ParquetColumns
-from ..labeling.storage import Location, StorageError
+from ..store.dataset import OutputDataset, manifest_columns, manifest_config
+from ..store.inputs import ParquetColumns
+from ..store.location import Location, StorageError
+from ..store.prefetch import pool_map
 from .annotations import ExportError, Filters, Unusable, check_scores
 from .formats import FORMATS
 

@@ -31,7 +31,7 @@ from PIL import Image
 
 from diffseg.preprocess import labeled_view
 
-from ..labeling.sources import read_source
+from ..store.inputs import read_source
 from .annotations import Unusable, row_labels, scores
 from .rows import Settings
 

@@ -1,1 +1,2 @@
-"""The labeling job: input shards, the Ray actor pool, the mask Parquet output and its provenance."""
+"""The labeling job: planning an input's shards (and what changed since earlier runs), the model replicas that
+label them (`worker`), and the driver that runs them on the shared executor."""

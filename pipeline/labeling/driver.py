@@ -28,11 +28,13 @@ from diffseg import ModelLoadError
 
 from ..execution import capacity, executor
 from ..execution.capacity import Actors, ActorShape, JobError, Node, actor_shape, cluster_summary, fit
+from ..execution.command import RunSummary
 from ..execution.executor import IN_FLIGHT_PER_ACTOR, Executor, Outcome, reason
+from ..store.dataset import OutputDataset
+from ..store.inputs import Listing, Shard, SourceFile, listing
+from ..store.location import Location
 from .job import LabelJob
-from .output import OutputDataset
-from .sources import Change, Comparison, Listing, Shard, SourceFile, listing, next_part, shards
-from .storage import Location
+from .planning import Change, Comparison, next_part, shards
 from .worker import LabelWorker, Placement, WorkerSettings
 
 LOADING_REPORT_AFTER = 60.0
@@ -42,25 +44,13 @@ MAX_LOAD_DEATHS = 2
 
 
 @dataclass
-class Summary:
-    """What a run did; `to_dict()` is the job's last output line."""
+class Summary(RunSummary):
+    """What a labeling run did (`RunSummary`'s fields and its own); `to_dict()` is the job's last output line."""
 
-    images_ok: int = 0
-    images_failed: int = 0
-    shards_written: int = 0
-    shards_skipped: int = 0
-    shards_failed: int = 0
-    retries: int = 0
     files_ignored: int = 0
     """Files under the input that were not read: other extensions than the input's kind, hidden files."""
-    seconds: float = 0.0
-    """Wall time of the whole run."""
     startup_seconds: float = 0.0
     """Part of `seconds` spent starting the actors and loading their model replicas."""
-    output: str = ""
-    run_id: str = ""
-    failed: list[dict[str, str]] = field(default_factory=list)
-    """`{"shard": name, "error": last error}` for each shard that failed for good."""
     files_new: int = 0
     """Input files that no finished shard covered: labeled by this run (in new shards)."""
     files_changed: int = 0
@@ -77,15 +67,11 @@ class Summary:
     max_files_reached: bool = False
     """The run labeled `LabelJob.max_files` new files and stopped listing there: the files after them were not
     looked at (nor counted as changed or vanished); a run without the limit labels them."""
-    in_flight_peak: int = 0
-    """Most shards handed to actors at once (at most `IN_FLIGHT_PER_ACTOR` per actor): the driver's backlog
-    and the object store's load stay bounded whatever the size of the input."""
 
     def to_dict(self) -> dict[str, Any]:
         """All fields (times rounded to ms) and `images_per_second` over the whole run."""
         images = self.images_ok + self.images_failed
-        return {**asdict(self), "seconds": round(self.seconds, 3), "startup_seconds": round(self.startup_seconds, 3),
-                "images_per_second": round(images / self.seconds, 3) if self.seconds else 0.0}
+        return {**super().to_dict(), "images_per_second": round(images / self.seconds, 3) if self.seconds else 0.0}
 
 
 class Todo:
@@ -403,12 +389,6 @@ def _schedule(actors: list, todo: Todo, job: LabelJob, summary: Summary, progres
     try:
         for outcome in pool.map(lambda actor, shard: actor.process.remote(shard, summary.run_id), todo,
                                 name=lambda shard: shard.name, progress=progress, postfix=images):
-            if outcome.error is not None:
-                summary.shards_failed += 1
-                summary.failed.append({"shard": outcome.unit.name, "error": outcome.error})
-                continue
-            summary.shards_written += 1
-            summary.images_ok += outcome.result["images_ok"]
-            summary.images_failed += outcome.result["images_failed"]
+            summary.record(outcome.unit.name, outcome.error, outcome.result)
     finally:
         summary.retries, summary.in_flight_peak = pool.retries, pool.in_flight_peak

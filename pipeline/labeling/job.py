@@ -9,7 +9,7 @@ from typing import Any
 from diffseg.config import DiffSegConfig
 from diffseg.defaults import DEFAULT_MODEL, MAX_PIXELS
 
-from .sources import ParquetColumns
+from ..store.inputs import ParquetColumns
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class LabelJob:
     input: str
     """fsspec URL of the input: a folder of images, of WebDataset `.tar` shards, or of Parquet files."""
     output: str
-    """fsspec URL of the output folder (see `pipeline.labeling.output`)."""
+    """fsspec URL of the output folder (see `pipeline.store.dataset`)."""
     model: str = DEFAULT_MODEL
     revision: str | None = None
     config: DiffSegConfig = field(default_factory=DiffSegConfig)
@@ -47,7 +47,7 @@ class LabelJob:
     """Further attempts for a shard whose attempt failed (actor died, storage error) before giving up."""
     retry_delay: float = 5.0
     """Seconds before a failed shard's first retry; each further retry waits twice as long (at most
-    `MAX_RETRY_DELAY`), so an object store that is down for a minute costs retries, not shards."""
+    `execution.command.MAX_RETRY_DELAY`), so an object store that is down for a minute costs retries, not shards."""
     startup_timeout: float = 0.0
     """Seconds to wait for the cluster to host the actors. 0: the cluster must have the resources now (the job
     is refused otherwise); more: an autoscaling cluster may add the nodes first (actor requests are what make

@@ -25,12 +25,12 @@ from diffseg.defaults import DEFAULT_MODEL, MAX_PIXELS
 from diffseg.model import DTYPES
 from diffseg.preprocess import PreparedImage
 
-from .output import SCHEMA, OutputDataset, Row, decode_mask
-from .storage import Location, StorageError
+from ..store.dataset import SCHEMA, OutputDataset, Row, decode_mask
+from ..store.location import Location, StorageError
 from .worker import segmentation_row
 
 COLUMNS = [name for name in SCHEMA.names if name != "source_uri"]
-"""What `Labeler` adds to each row: the job's columns (`pipeline.labeling.output.SCHEMA`) but `source_uri`."""
+"""What `Labeler` adds to each row: the job's columns (`pipeline.store.dataset.SCHEMA`) but `source_uri`."""
 
 
 def read_masks(output: str, storage_options: dict[str, Any] | None = None, decode: bool = False) -> ray.data.Dataset:
@@ -45,7 +45,7 @@ def read_masks(output: str, storage_options: dict[str, Any] | None = None, decod
     location = Location(output, storage_options or {})
     dataset = OutputDataset(location)
     dataset.manifest()
-    files = [location.path(f"{shard}.parquet") for shard in sorted(dataset.done())]
+    files = dataset.finished_paths()
     if not files:
         raise StorageError(f"{location.url}: no finished mask file yet")
     # With the current schema: files written before segments had scores read with those fields null.

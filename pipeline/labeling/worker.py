@@ -34,11 +34,11 @@ from diffseg.regions import regions
 from diffseg.segment import Segmentation
 from diffseg.visualize import label_png
 
-from .output import OutputDataset, Row, encode_descriptors
-from .prefetch import pool_map, prefetch
-from .provenance import environment, now
-from .sources import ParquetColumns, Record, Shard, read
-from .storage import Location
+from ..store.dataset import OutputDataset, Row, encode_descriptors
+from ..store.inputs import ParquetColumns, Record, Shard, read
+from ..store.location import Location
+from ..store.prefetch import pool_map, prefetch
+from ..store.provenance import environment, now
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from PIL import Image
 from diffseg.config import DiffSegConfig
 from diffseg.preprocess import labeled_view
 
-from ..labeling.sources import ParquetColumns, read_source
+from ..store.inputs import ParquetColumns, read_source
 
 
 def labeled_photo(source_uri: str, mask_shape: tuple[int, int], config: DiffSegConfig,

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..labeling.output import FILE, OutputDataset, decode_mask, manifest_columns, manifest_config
-from ..labeling.sources import ParquetColumns
-from ..labeling.storage import Location
+from ..store.dataset import FILE, OutputDataset, decode_mask, manifest_columns, manifest_config
+from ..store.inputs import ParquetColumns
+from ..store.location import Location
 from .pages import display_size, failure_list, figure, paint, resize_nearest, segment_colors, spread, text, write_page
 from .photos import labeled_photo
 

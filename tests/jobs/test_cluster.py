@@ -13,8 +13,8 @@ import ray
 
 from pipeline.clustering.centroids import CENTROIDS
 from pipeline.clustering.output import CLASS_SCHEMA
-from pipeline.labeling.output import OutputDataset, decode_mask
-from pipeline.labeling.storage import Location
+from pipeline.store.dataset import OutputDataset, decode_mask
+from pipeline.store.location import Location
 from synthetic.datasets import coco_stuff, regions_label
 from tests.pipeline.clustering.data import PlantedImage, random_images, write_output
 

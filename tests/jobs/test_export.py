@@ -24,10 +24,10 @@ from diffseg import DiffSegConfig
 from diffseg.preprocess import center_square
 from diffseg.visualize import colorize
 from pipeline.export import FORMATS
-from pipeline.labeling.output import OutputDataset, decode_mask
-from pipeline.labeling.sources import inventory
-from pipeline.labeling.storage import Location
+from pipeline.labeling.planning import inventory
 from pipeline.labeling.worker import LabelWorker, Placement, WorkerSettings
+from pipeline.store.dataset import OutputDataset, decode_mask
+from pipeline.store.location import Location
 from synthetic.photos import photo
 from tests.pipeline.export.data import (
     blocks,

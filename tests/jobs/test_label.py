@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.labeling.output import decode_descriptors
+from pipeline.store.dataset import decode_descriptors
 from synthetic.photos import photo
 from tests.cluster import free_port, start_ray_head, stop
 from tests.pipeline.labeling.data import encoded, good_images, read_output, tar_bytes, write_files

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
-from pipeline.labeling.output import decode_mask
+from pipeline.store.dataset import decode_mask
 from synthetic.datasets import coco_stuff
 from tests.pipeline.labeling.data import read_output
 

@@ -11,8 +11,8 @@ from scipy.optimize import linear_sum_assignment
 
 from diffseg import DiffSegConfig
 from diffseg.visualize import label_png
-from pipeline.labeling.output import OutputDataset, Row, encode_descriptors
-from pipeline.labeling.storage import Location
+from pipeline.store.dataset import OutputDataset, Row, encode_descriptors
+from pipeline.store.location import Location
 
 
 @dataclass(frozen=True)

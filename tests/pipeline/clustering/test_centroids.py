@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from pipeline.clustering.centroids import CENTROIDS, Nearest, load, save, train
-from pipeline.labeling.output import OutputConflict
-from pipeline.labeling.storage import Location, StorageError
+from pipeline.store.dataset import OutputConflict
+from pipeline.store.location import Location, StorageError
 from tests.pipeline.clustering.data import matched_accuracy
 
 

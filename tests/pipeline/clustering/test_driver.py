@@ -11,9 +11,9 @@ from pipeline.clustering.driver import execute, needs_ray, plan
 from pipeline.clustering.job import DEFAULT_SAMPLE, ClusterJob
 from pipeline.clustering.output import CLASS_SCHEMA, NONE
 from pipeline.execution.capacity import JobError
-from pipeline.labeling.output import MANIFEST, OutputConflict, OutputDataset, decode_mask
-from pipeline.labeling.sources import InputError
-from pipeline.labeling.storage import Location, StorageError
+from pipeline.store.dataset import MANIFEST, OutputConflict, OutputDataset, decode_mask
+from pipeline.store.inputs import InputError
+from pipeline.store.location import Location, StorageError
 from tests.pipeline.clustering.data import matched_accuracy, random_images, write_output
 
 CLASSES = 5

@@ -10,7 +10,7 @@ from PIL import Image
 from diffseg.visualize import label_png
 from pipeline.clustering.output import CLASS_SCHEMA, NONE
 from pipeline.clustering.worker import ClassWorker
-from pipeline.labeling.output import (
+from pipeline.store.dataset import (
     METADATA_KEY,
     SCHEMA,
     OutputDataset,
@@ -19,7 +19,7 @@ from pipeline.labeling.output import (
     decode_mask,
     encode_descriptors,
 )
-from pipeline.labeling.storage import Location
+from pipeline.store.location import Location
 from tests.pipeline.clustering.data import manifest, random_images, write_output
 from tests.pipeline.labeling.data import encoded
 

@@ -6,7 +6,7 @@ import s3fs
 from PIL import Image
 
 from pipeline.evaluation.datasets import COCO_STUFF_27, IGNORE, join_key, open_dataset
-from pipeline.labeling.sources import InputError
+from pipeline.store.inputs import InputError
 from synthetic.datasets import cityscapes, coco_stuff
 
 

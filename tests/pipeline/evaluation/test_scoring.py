@@ -13,8 +13,8 @@ from diffseg.preprocess import prepare_label
 from diffseg.visualize import label_png
 from pipeline.evaluation.datasets import open_dataset
 from pipeline.evaluation.scoring import score_model, score_predictions, variants
-from pipeline.labeling.output import OutputDataset, Row
-from pipeline.labeling.storage import Location, StorageError
+from pipeline.store.dataset import OutputDataset, Row
+from pipeline.store.location import Location, StorageError
 from synthetic.datasets import cityscapes, coco_stuff
 
 SMALL = DiffSegConfig(resolution=128, crop="center", kl_threshold=0.5)

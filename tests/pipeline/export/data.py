@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 from diffseg import DiffSegConfig
 from diffseg.regions import regions
 from diffseg.visualize import label_png
-from pipeline.labeling.output import MANIFEST, SCHEMA, OutputDataset, Row
-from pipeline.labeling.storage import Location
+from pipeline.store.dataset import MANIFEST, SCHEMA, OutputDataset, Row
+from pipeline.store.location import Location
 from synthetic.photos import photo
 from tests.pipeline.labeling.data import encoded, write_files
 

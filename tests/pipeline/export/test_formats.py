@@ -15,8 +15,8 @@ from pipeline.clustering.output import CLASS_SCHEMA, ClassRow
 from pipeline.export import FORMATS
 from pipeline.export.annotations import ExportError, Filters
 from pipeline.export.rows import settings
-from pipeline.labeling.output import OutputDataset
-from pipeline.labeling.storage import Location
+from pipeline.store.dataset import OutputDataset
+from pipeline.store.location import Location
 from synthetic.photos import photo
 from tests.pipeline.export.data import blocks
 from tests.pipeline.labeling.data import encoded

@@ -17,8 +17,8 @@ from pipeline.export.annotations import Filters
 from pipeline.export.hf import HfExporter
 from pipeline.export.rows import export as export_rows
 from pipeline.export.rows import settings
-from pipeline.labeling.output import decode_mask
-from pipeline.labeling.storage import Location
+from pipeline.store.dataset import decode_mask
+from pipeline.store.location import Location
 from synthetic.photos import photo
 from tests.jobs.test_export import RESOLUTION, as_labeled, export, label_in_process, rotated_jpeg, tar_of
 from tests.pipeline.export.data import blocks, output_with_lost_photos, scored_row, write_output

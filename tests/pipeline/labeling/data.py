@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.labeling.output import SCHEMA, OutputDataset
-from pipeline.labeling.storage import Location
+from pipeline.store.dataset import SCHEMA, OutputDataset
+from pipeline.store.location import Location
 from synthetic.photos import photo
 
 

@@ -21,9 +21,9 @@ from pipeline.execution.capacity import Actors, ActorShape, JobError
 from pipeline.labeling import driver
 from pipeline.labeling.driver import run
 from pipeline.labeling.job import LabelJob
-from pipeline.labeling.output import OutputConflict, OutputDataset, decode_mask
-from pipeline.labeling.storage import Location
 from pipeline.labeling.worker import LabelWorker
+from pipeline.store.dataset import OutputConflict, OutputDataset, decode_mask
+from pipeline.store.location import Location
 from synthetic.photos import photo
 from tests.outage import Forwarder
 from tests.pipeline.labeling.data import (

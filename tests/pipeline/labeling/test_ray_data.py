@@ -8,9 +8,9 @@ from diffseg import DiffSegConfig
 from diffseg.regions import regions
 from pipeline.labeling.driver import run
 from pipeline.labeling.job import LabelJob
-from pipeline.labeling.output import OutputDataset, decode_mask
 from pipeline.labeling.ray_data import COLUMNS, Labeler, read_masks
-from pipeline.labeling.storage import Location, StorageError
+from pipeline.store.dataset import OutputDataset, decode_mask
+from pipeline.store.location import Location, StorageError
 from synthetic.photos import photo
 from tests.pipeline.labeling.data import bad_image_bytes, encoded, good_images, write_files
 

@@ -10,10 +10,10 @@ from diffseg import DiffSeg, DiffSegConfig, stream
 from diffseg.preprocess import PreparedImage, prepare
 from diffseg.regions import regions
 from diffseg.segment import Segmentation
-from pipeline.labeling.output import OutputDataset, decode_descriptors, decode_mask
-from pipeline.labeling.sources import inventory
-from pipeline.labeling.storage import Location
+from pipeline.labeling.planning import inventory
 from pipeline.labeling.worker import LabelWorker, Placement, WorkerSettings
+from pipeline.store.dataset import OutputDataset, decode_descriptors, decode_mask
+from pipeline.store.location import Location
 from synthetic.photos import photo
 from tests.pipeline.labeling.data import (
     BOMB_LIMIT,
@@ -26,25 +26,24 @@ from tests.pipeline.labeling.data import (
     write_files,
 )
 
-
-@pytest.fixture(scope="module")
-def worker_dirs(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("input")
-    write_files(folder, {**good_images(5), **bad_image_bytes()})
-    return folder, tmp_path_factory.mktemp("output")
-
-
 FAST = DiffSegConfig(resolution=256)
 
 
-def test_a_shard_becomes_one_file_with_a_row_per_image(worker_dirs, tiny):
-    folder, out = worker_dirs
-    source, output = Location(str(folder)), Location(str(out))
+@pytest.fixture(scope="module")
+def labeled(tmp_path_factory):
+    """A folder of good and bad images, labeled as one shard by a tiny-model worker (run "run-1") into an output
+    folder: (input folder, output folder, the shard, the worker's report)."""
+    folder, out = tmp_path_factory.mktemp("input"), tmp_path_factory.mktemp("output")
+    write_files(folder, {**good_images(5), **bad_image_bytes()})
+    source = Location(str(folder))
     settings = WorkerSettings(model="tiny", config=FAST, batch_size=2, max_pixels=BOMB_LIMIT)
-    worker = LabelWorker(settings, Placement(source, output))
-    in_process = DiffSeg(tiny.model, FAST)
     [shard] = inventory(source).shards
-    report = worker.process(shard, run_id="run-1")
+    return folder, out, shard, LabelWorker(settings, Placement(source, Location(str(out)))).process(shard, "run-1")
+
+
+def test_a_shard_becomes_one_file_with_a_row_per_image(labeled, tiny):
+    folder, out, shard, report = labeled
+    in_process = DiffSeg(tiny.model, FAST)
     assert (report["images_ok"], report["images_failed"]) == (5, len(bad_images()))
     table = read_output(str(out))
     assert [row["image_id"] for row in table] == [f.key for f in shard.files]
@@ -73,8 +72,8 @@ def test_a_shard_becomes_one_file_with_a_row_per_image(worker_dirs, tiny):
                                    for r in regions(mask)]
 
 
-def test_provenance_names_model_settings_software_and_input(worker_dirs):
-    folder, out = worker_dirs
+def test_provenance_names_model_settings_software_and_input(labeled):
+    folder, out, _, _ = labeled
     provenance = OutputDataset(Location(str(out))).provenance("part-00000.parquet")
     assert provenance["model"] == "tiny" and provenance["random_weights"] is True
     assert provenance["config"] == FAST.to_dict() and provenance["config_hash"] == FAST.config_hash()

@@ -8,8 +8,8 @@ import torch
 
 from diffseg import DiffSegConfig
 from diffseg.visualize import label_png
-from pipeline.labeling.output import OutputDataset, Row
-from pipeline.labeling.storage import Location, StorageError
+from pipeline.store.dataset import OutputDataset, Row
+from pipeline.store.location import Location, StorageError
 from pipeline.viewing.preview import Overview, overview, write_preview
 from synthetic.photos import photo
 

@@ -26,8 +26,8 @@ import json
 import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import KW_ONLY, dataclass, field
+from typing import Any, Self
 
 import numpy as np
 import pyarrow as pa
@@ -37,22 +37,26 @@ from PIL import Image
 
 from diffseg import DiffSegConfig
 
-from .sources import ParquetColumns, SourceFile
-from .storage import Location, StorageError
+from .inputs import ParquetColumns, SourceFile
+from .location import Location, StorageError
 
-SCHEMA = pa.schema([
-    ("image_id", pa.string()),
-    ("source_uri", pa.string()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("mask", pa.binary()),
-    ("num_segments", pa.int32()),
-    ("segments", pa.list_(pa.struct([("id", pa.int32()), ("area", pa.int64()), ("bbox", pa.list_(pa.int32())),
-                                     ("stability", pa.float32()), ("score", pa.float32())]))),
-    ("status", pa.string()),
-    ("error", pa.string()),
-    ("descriptors", pa.binary()),
-])
+MASK_COLUMNS = (("image_id", pa.string()), ("source_uri", pa.string()), ("width", pa.int32()),
+                ("height", pa.int32()), ("mask", pa.binary()), ("num_segments", pa.int32()))
+"""The columns every mask dataset begins with (labeling outputs, pseudo-class outputs), so that every reader of
+masks (evaluation, export, preview, Ray Data, `datasets`) reads any of them; `status` and `error` follow each
+dataset's own columns (`mask_schema`)."""
+
+
+def mask_schema(own: Sequence[tuple[str, pa.DataType]], trailing: Sequence[tuple[str, pa.DataType]] = ()
+                ) -> pa.Schema:
+    """The columns of a mask dataset's files: `MASK_COLUMNS`, its `own`, `status` and `error`, then `trailing`."""
+    return pa.schema([*MASK_COLUMNS, *own, ("status", pa.string()), ("error", pa.string()), *trailing])
+
+
+SCHEMA = mask_schema([("segments", pa.list_(pa.struct([("id", pa.int32()), ("area", pa.int64()),
+                                                      ("bbox", pa.list_(pa.int32())), ("stability", pa.float32()),
+                                                      ("score", pa.float32())])))],
+                     trailing=[("descriptors", pa.binary())])
 """Columns of every mask file (the README's "Outputs" table). `width`/`height` are the mask's size: the image's
 original size, or the crop's size in center-crop mode. `bbox` is `[x, y, w, h]` in pixels. `descriptors` (with
 `--descriptors`, else null): the segments' descriptors as float16 little-endian, row-major `(num_segments, dim)`,
@@ -79,8 +83,9 @@ class OutputConflict(RuntimeError):
 
 
 @dataclass
-class Row:
-    """One output row: an image's mask, or why it has none."""
+class MaskRow:
+    """One row of a mask dataset, in the columns every one has (`MASK_COLUMNS`): an image's mask, or why it has
+    none. Each dataset's row type adds its own columns (`Row`; `pipeline.clustering.output.ClassRow`)."""
 
     image_id: str
     source_uri: str
@@ -88,14 +93,26 @@ class Row:
     height: int | None = None
     mask: bytes | None = None
     num_segments: int | None = None
-    segments: list[dict[str, Any]] | None = None
+    _: KW_ONLY  # so that a row type's own columns come next when rows are written positionally
     status: str = "ok"
     error: str | None = None
-    descriptors: bytes | None = None
 
     @classmethod
-    def failed(cls, image_id: str, source_uri: str, error: str) -> Row:
+    def failed(cls, image_id: str, source_uri: str, error: str) -> Self:
         return cls(image_id, source_uri, status="error", error=error)
+
+
+@dataclass
+class Row(MaskRow):
+    """One labeling output row (`SCHEMA`)."""
+
+    segments: list[dict[str, Any]] | None = None
+    descriptors: bytes | None = None
+
+
+def mask_file(shard: str) -> str:
+    """The mask file of a shard, relative to the output."""
+    return f"{shard}.parquet"
 
 
 def encode_shard(rows: Sequence[Any], provenance: dict[str, Any], schema: pa.Schema = SCHEMA) -> bytes:
@@ -185,8 +202,8 @@ class OutputDataset:
         return the marker. A retry after a crash between the two rewrites the same file name, so a shard never
         appears twice. The marker lists the input files the shard covers (`provenance["shard"]["files"]`, when
         given), so that the next run knows them from the markers alone (`covered`)."""
-        self.location.write(f"{shard}.parquet", encode_shard(rows, provenance, self.schema))
-        marker = {"shard": shard, "file": f"{shard}.parquet", "rows": len(rows),
+        self.location.write(mask_file(shard), encode_shard(rows, provenance, self.schema))
+        marker = {"shard": shard, "file": mask_file(shard), "rows": len(rows),
                   "images_ok": sum(row.status == "ok" for row in rows),
                   "images_failed": sum(row.status != "ok" for row in rows),
                   "run_id": provenance.get("run_id"), "created": provenance.get("created")}
@@ -195,6 +212,23 @@ class OutputDataset:
             marker["files"] = [{key: file.get(key) for key in ("key", "size", "etag", "mtime")} for file in covered]
         self.location.write(f"{DONE}/{shard}.json", json.dumps(marker).encode())
         return marker
+
+    def shard_uri(self, shard: str) -> str:
+        """The URI of the shard's mask file."""
+        return self.location.uri(mask_file(shard))
+
+    def shard_batches(self, shard: str, columns: Sequence[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+        """The `columns` of the shard's mask file, `batch_size` rows at a time (what is held stays bounded).
+
+        Raises:
+            OSError: the file cannot be read.
+        """
+        with self.location.fs.open(self.location.path(mask_file(shard)), "rb") as opened:
+            yield from pq.ParquetFile(opened).iter_batches(batch_size=batch_size, columns=list(columns))
+
+    def finished_paths(self) -> list[str]:
+        """Filesystem paths of the finished shards' mask files (those with a `_done/` marker), sorted by shard."""
+        return [self.location.path(mask_file(shard)) for shard in sorted(self.done())]
 
     def start_run(self, first: str) -> None:
         """Record that the new shards of the run starting now are numbered from the image shard `first`.
@@ -280,7 +314,7 @@ class OutputDataset:
         writing a mask file and its marker leaves. Readers would see their rows, and the files they cover go to
         new shards, so keeping them would show those images twice."""
         found = self.location.files()
-        done = {f"{key[len(DONE) + 1:].removesuffix('.json')}.parquet" for key in found
+        done = {mask_file(key[len(DONE) + 1:].removesuffix(".json")) for key in found
                 if key.startswith(f"{DONE}/") and key.endswith(".json")}
         unfinished = sorted(key for key in found if key.endswith(".parquet") and key not in done
                             and not any(part.startswith(("_", ".")) for part in key.split("/")))

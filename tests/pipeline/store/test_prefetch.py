@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from pipeline.labeling.prefetch import pool_map, prefetch
+from pipeline.store.prefetch import pool_map, prefetch
 
 
 def test_prefetch_yields_in_order_and_raises_the_producers_error():

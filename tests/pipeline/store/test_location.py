@@ -2,7 +2,7 @@ import pickle
 
 import pytest
 
-from pipeline.labeling.storage import Location, StorageError, parse_storage_options
+from pipeline.store.location import Location, StorageError, parse_storage_options
 
 
 def test_local_writes_are_atomic_and_leave_nothing_behind(tmp_path):

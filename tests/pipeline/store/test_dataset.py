@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from diffseg.visualize import label_png
-from pipeline.labeling.output import (
+from pipeline.store.dataset import (
     FILE,
     METADATA_KEY,
     SCHEMA,
@@ -19,8 +19,8 @@ from pipeline.labeling.output import (
     decode_mask,
     encode_shard,
 )
-from pipeline.labeling.sources import SourceFile
-from pipeline.labeling.storage import Location, StorageError
+from pipeline.store.inputs import SourceFile
+from pipeline.store.location import Location, StorageError
 
 
 def rows() -> list[Row]:
@@ -166,7 +166,7 @@ def test_the_shards_of_each_run_are_one_key_ordered_sequence_read_a_few_markers_
     dataset.start_run("part-00002")  # a later run: its new files sort among the first run's
     for number, keys in enumerate((["b.png"], ["d.png", "f.png"]), start=2):
         dataset.write(f"part-{number:05d}", rows(), shard_provenance(*((key, 1, None, None) for key in keys)))
-    monkeypatch.setattr("pipeline.labeling.output.MARKERS_AT_ONCE", 1)
+    monkeypatch.setattr("pipeline.store.dataset.MARKERS_AT_ONCE", 1)
     finished = ["part-00000", "part-00001", "part-00002", "part-00003"]
     first, second = dataset.covered(finished)
     assert next(first)[:2] == ("a.png", "part-00000") and next(second)[:2] == ("b.png", "part-00002")
