@@ -31,11 +31,11 @@ from diffseg.defaults import MODEL_HELP  # noqa: E402
 from diffseg.methods import variant_method  # noqa: E402
 from diffseg.metrics import PROTOCOLS  # noqa: E402
 from diffseg.model import DTYPES  # noqa: E402
+from pipeline.display.pages import percent  # noqa: E402
 from pipeline.evaluation.datasets import DATASETS, SPLITS, open_dataset  # noqa: E402
 from pipeline.evaluation.report import write_report  # noqa: E402
 from pipeline.evaluation.scoring import SCORED_METHODS, Report, score_model, score_predictions, variants, write_scores  # noqa: E402
 from pipeline.store.location import Location, StorageError, parse_storage_options  # noqa: E402
-from pipeline.viewing.pages import percent  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,6 +1,6 @@
 """A self-contained HTML page of an evaluation `Report`: the scores, and sample images side by side.
 
-One file, `index.html` (see `pipeline.viewing.pages`): the score table, the IoU of every class, and for each sample
+One file, `index.html` (see `pipeline.display.pages`): the score table, the IoU of every class, and for each sample
 the photo, the ground truth and each variant's prediction as colored overlays.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from diffseg.visualize import palette
 
-from ..viewing.pages import UNMATCHED, failure_list, figure, paint, percent, text, write_page
+from ..display.pages import UNMATCHED, failure_list, figure, paint, percent, text, write_page
 from .scoring import Report, Sample
 
 FAILED_LISTED = 100

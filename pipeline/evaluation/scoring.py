@@ -36,10 +36,10 @@ from diffseg.metrics import Evaluation, ImageScore
 from diffseg.preprocess import PreparedImage, prepare, prepare_label
 from diffseg.visualize import to_image
 
+from ..display.pages import display_size, resize_nearest, spread
 from ..store.dataset import OutputDataset, decode_mask, manifest_config
 from ..store.location import Location
 from ..store.prefetch import prefetch
-from ..viewing.pages import display_size, resize_nearest, spread
 from .datasets import Example, LabeledDataset, join_key
 
 SCORED_METHODS = tuple(variant.name for method in METHODS.values() for variant in method.variants)

@@ -17,7 +17,7 @@ from PIL import Image
 from diffseg.filenames import FileNames
 from diffseg.visualize import FILE_SUFFIXES, colorize, overlay
 
-from ..viewing.photos import labeled_photo
+from ..display.photos import labeled_photo
 from .annotations import row_labels
 from .rows import Settings, renamed
 

@@ -16,11 +16,21 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..display.pages import (
+    display_size,
+    failure_list,
+    figure,
+    paint,
+    resize_nearest,
+    segment_colors,
+    spread,
+    text,
+    write_page,
+)
+from ..display.photos import labeled_photo
 from ..store.dataset import FILE, OutputDataset, decode_mask, manifest_columns, manifest_config
 from ..store.inputs import ParquetColumns
 from ..store.location import Location
-from .pages import display_size, failure_list, figure, paint, resize_nearest, segment_colors, spread, text, write_page
-from .photos import labeled_photo
 
 FAILED_LISTED = 200
 """Failed images named one by one (the reasons are counted over all of them)."""
