@@ -184,7 +184,7 @@ class BenchWorker(LabelWorker):
             cpu, busy, wall = self._started
             spent = {"images": self._images, "cpu": cpu_seconds() - cpu, "machine": machine_busy_seconds() - busy,
                      "wall": time.perf_counter() - wall}
-            self.placement.output.write(CPU_FILE, json.dumps(spent).encode())
+            self.placement.destination.write(CPU_FILE, json.dumps(spent).encode())
         return marker
 
 

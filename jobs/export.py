@@ -49,9 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--min-area, --min-score and --min-stability choose annotations: "
                      f"use them with --format {spoken([f.name for f in FORMATS if f.filters], 'or')}")
     try:
-        output = Location(args.output, parse_storage_options(args.storage_options))
-        chosen = settings(output, Path(args.out), filters, args.shard_size, per_segment=fmt.per_segment)
-        tally, written = export(output, fmt.load()(chosen), args.num_workers, not args.no_progress)
+        location = Location(args.output, parse_storage_options(args.storage_options))
+        chosen = settings(location, Path(args.out), filters, args.shard_size, per_segment=fmt.per_segment)
+        tally, written = export(location, fmt.load()(chosen), args.num_workers, not args.no_progress)
     except (ExportError, StorageError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

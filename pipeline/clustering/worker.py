@@ -41,10 +41,10 @@ Found = tuple[np.ndarray, np.ndarray] | str
 class ClassWorker:
     """Counts, samples and assigns the descriptors of one input shard per call."""
 
-    def __init__(self, source: Location, output: Location, threads: int = 1) -> None:
+    def __init__(self, source: Location, destination: Location, threads: int = 1) -> None:
         """`threads`: the actor's CPUs, for faiss and the masks' pool (capped by the machine's cores)."""
         self.source = OutputDataset(source)
-        self.output = OutputDataset(output, CLASS_SCHEMA)
+        self.output = OutputDataset(destination, CLASS_SCHEMA)
         self._threads = max(1, min(threads, os.cpu_count() or 1))
         faiss.omp_set_num_threads(self._threads)
         self._masks = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="diffseg-classes")

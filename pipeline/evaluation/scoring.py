@@ -264,7 +264,7 @@ def score_model(segmenter: DiffSeg, dataset: LabeledDataset, scored: Sequence[Va
     return scorer.finish(started)
 
 
-def score_predictions(output: Location, dataset: LabeledDataset, limit: int | None = None, samples: int = 12,
+def score_predictions(location: Location, dataset: LabeledDataset, limit: int | None = None, samples: int = 12,
                       protocol: str = "per-image", progress: bool = True, label_size: int | None = None) -> Report:
     """Score the masks of a labeling job's output against the first `limit` images of `dataset`.
 
@@ -274,11 +274,11 @@ def score_predictions(output: Location, dataset: LabeledDataset, limit: int | No
     `label_size` scores at that size x size, both resized by nearest neighbour (see `score_model`).
 
     Raises:
-        StorageError: `output` is not a labeling job's output, or its masks cannot be read.
+        StorageError: `location` is not a labeling job's output, or its masks cannot be read.
     """
     started = time.perf_counter()
     size = (label_size, label_size) if label_size else None
-    predictions = OutputDataset(output)
+    predictions = OutputDataset(location)
     manifest = predictions.manifest()
     config = manifest_config(manifest)
     if label_size and config.crop != "center":
@@ -288,7 +288,7 @@ def score_predictions(output: Location, dataset: LabeledDataset, limit: int | No
     # A pseudo-class output (jobs/cluster.py) holds class ids, not the method's per-image segments.
     classes = f" {manifest['classes']} classes" if manifest.get("kind") == "pseudo-classes" else ""
     name = f"{config.method}{classes} (predictions)"
-    source = {"predictions": output.uri(""), "model": manifest.get("model"), "config": manifest.get("config")}
+    source = {"predictions": location.uri(""), "model": manifest.get("model"), "config": manifest.get("config")}
     report = Report(dataset.name, dataset.class_names, protocol, source=source)
     scorer = _Scorer(report, [name], dataset.num_classes, examples, samples)
 
@@ -298,7 +298,7 @@ def score_predictions(output: Location, dataset: LabeledDataset, limit: int | No
             row = masks.get(example.key)
             try:
                 if row is None:
-                    raise ValueError(f"no mask for this image in {output.url}")
+                    raise ValueError(f"no mask for this image in {location.url}")
                 if row["status"] != "ok":
                     raise ValueError(f"the labeling job could not label it: {row['error']}")
                 loaded.image = prepare(dataset.read_image(example), config, name=example.image_id)
@@ -329,16 +329,16 @@ def score_predictions(output: Location, dataset: LabeledDataset, limit: int | No
     return scorer.finish(started)
 
 
-def _masks(output: OutputDataset, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+def _masks(predictions: OutputDataset, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
     """The output's rows (mask, status, error) for the join keys wanted: ids are read first, then only the
     rows needed."""
     wanted = set(keys)
     positions: dict[str, int] = {}
-    for position, image_id in enumerate(output.column("image_id")):
+    for position, image_id in enumerate(predictions.column("image_id")):
         key = join_key(image_id)
         if key in wanted:
             positions.setdefault(key, position)
-    return dict(zip(positions, output.take(list(positions.values()), ["mask", "status", "error"])))
+    return dict(zip(positions, predictions.take(list(positions.values()), ["mask", "status", "error"])))
 
 
 def _finite(value: float) -> float | None:

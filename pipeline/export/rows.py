@@ -99,28 +99,28 @@ def renamed(count: int) -> str:
     return f"{count} id(s) written as NAME~N so as not to overwrite another id's files"
 
 
-def settings(output: Location, out: Path, filters: Filters, shard_size: int = 1000, per_segment: bool = False
+def settings(location: Location, out: Path, filters: Filters, shard_size: int = 1000, per_segment: bool = False
              ) -> Settings:
-    """The `Settings` to export the job output at `output` to `out`; `per_segment`: for a format made of the
+    """The `Settings` to export the job output at `location` to `out`; `per_segment`: for a format made of the
     segments' annotations (coco, sa1b).
 
     Raises:
-        StorageError: `output` is not a job's output or cannot be read.
+        StorageError: `location` is not a job's output or cannot be read.
         ExportError: `filters` need scores the output does not have, or a per-segment format is asked of a
             pseudo-class output (`jobs/cluster.py`), whose masks hold classes and which has no segments to annotate.
     """
-    manifest = OutputDataset(output).manifest()
+    manifest = OutputDataset(location).manifest()
     if per_segment and manifest.get("kind") == "pseudo-classes":
         whole = spoken([f.name for f in FORMATS if not f.per_segment], "or")
-        raise ExportError(f"{output.url} holds pseudo-class masks, not per-image segments to annotate one by one: "
+        raise ExportError(f"{location.url} holds pseudo-class masks, not per-image segments to annotate one by one: "
                           f"export them with --format {whole}")
-    rows, fields = survey(output)
+    rows, fields = survey(location)
     check_scores(fields, filters)
-    return Settings(out, filters, manifest_config(manifest), manifest_columns(manifest), output.storage_options,
+    return Settings(out, filters, manifest_config(manifest), manifest_columns(manifest), location.storage_options,
                     rows, shard_size)
 
 
-def survey(output: Location) -> tuple[int, set[str]]:
+def survey(location: Location) -> tuple[int, set[str]]:
     """The rows in the output's mask files, and the fields the `segments` entries have in every one of them
     (an output with files written before scores existed lacks those), from the files' footers.
 
@@ -129,7 +129,7 @@ def survey(output: Location) -> tuple[int, set[str]]:
     """
     rows, fields = 0, None
     try:
-        for fragment in _dataset(output).get_fragments():
+        for fragment in _dataset(location).get_fragments():
             metadata = fragment.metadata
             rows += metadata.num_rows
             schema = metadata.schema.to_arrow_schema()
@@ -137,12 +137,12 @@ def survey(output: Location) -> tuple[int, set[str]]:
             found = {kind.field(index).name for index in range(kind.num_fields)} if kind else set()
             fields = found if fields is None else fields & found
     except (OSError, ValueError) as error:
-        raise StorageError(f"{output.url}: cannot read the masks ({error})") from None
+        raise StorageError(f"{location.url}: cannot read the masks ({error})") from None
     return rows, fields or set()
 
 
-def export(output: Location, exporter: Exporter, workers: int = 4, progress: bool = True) -> tuple[Tally, str]:
-    """Stream every row of the job output at `output` through `exporter` with `workers` threads, then close it;
+def export(location: Location, exporter: Exporter, workers: int = 4, progress: bool = True) -> tuple[Tally, str]:
+    """Stream every row of the job output at `location` through `exporter` with `workers` threads, then close it;
     returns the tally and what the format wrote.
 
     Raises:
@@ -152,7 +152,7 @@ def export(output: Location, exporter: Exporter, workers: int = 4, progress: boo
     tally = Tally()
     total = exporter.settings.rows
     with tqdm(total=total, unit="image", file=sys.stderr, disable=not progress, mininterval=1.0) as bar:
-        rows = _ok_rows(OutputDataset(output), ("image_id", *exporter.columns), tally, bar)
+        rows = _ok_rows(OutputDataset(location), ("image_id", *exporter.columns), tally, bar)
         with ThreadPoolExecutor(workers) as pool:
             for row, converted, error in pool_map(partial(_convert, exporter), rows, pool, 2 * workers):
                 if error is not None:
@@ -182,6 +182,6 @@ def _ok_rows(dataset: OutputDataset, columns: tuple[str, ...], tally: Tally,
             tally.errors += 1
 
 
-def _dataset(output: Location) -> ds.Dataset:
+def _dataset(location: Location) -> ds.Dataset:
     """The output's mask files as one Arrow dataset, for their footers (rows go through `OutputDataset`)."""
-    return ds.dataset(output.root, format="parquet", filesystem=output.fs)
+    return ds.dataset(location.root, format="parquet", filesystem=location.fs)

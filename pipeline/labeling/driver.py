@@ -196,12 +196,11 @@ def execute(planned: Plan, progress: bool = True, worker: type[LabelWorker] = La
         OutputConflict: the model differs from the one the output was started with.
         InputError, StorageError: the rest of the input cannot be listed (shards already written stay done).
     """
-    output = planned.output.location
-    summary = Summary(output=output.uri(""), run_id=uuid.uuid4().hex)
+    summary = Summary(output=planned.output.location.uri(""), run_id=uuid.uuid4().hex)
     summary.unfinished_removed = len(planned.output.remove_unfinished())
     if planned.todo:
         starting = time.perf_counter()
-        actors, model = _start_actors(planned.job, planned.source, output, planned.todo, worker)
+        actors, model = _start_actors(planned.job, planned.source, planned.output.location, planned.todo, worker)
         summary.startup_seconds = time.perf_counter() - starting
         try:
             planned.output.claim({**planned.identity, "model": model})
@@ -270,7 +269,7 @@ def _nodes() -> list[Node]:
     return [Node.from_ray(node) for node in ray.nodes() if node["Alive"]]
 
 
-def _start_actors(job: LabelJob, source: Location, output: Location, todo: Todo,
+def _start_actors(job: LabelJob, source: Location, destination: Location, todo: Todo,
                   worker: type[LabelWorker]) -> tuple[list, dict]:
     """Start the actor pool and load a model replica in each; returns the actors and the model's identity.
 
@@ -285,7 +284,7 @@ def _start_actors(job: LabelJob, source: Location, output: Location, todo: Todo,
                               gpu_share=shape.gpus or 1.0)
     remote = ray.remote(worker).options(num_cpus=shape.cpus, num_gpus=shape.gpus, memory=shape.memory or None,
                                         max_restarts=-1, max_task_retries=0, max_concurrency=IN_FLIGHT_PER_ACTOR)
-    actors = [remote.remote(settings, Placement(source, output, job.columns)) for _ in range(pool.count)]
+    actors = [remote.remote(settings, Placement(source, destination, job.columns)) for _ in range(pool.count)]
     try:
         loaded = _await_replicas(actors, shape, job.startup_timeout)
     except BaseException:

@@ -73,7 +73,8 @@ class Placement:
     """Where a worker reads images and writes masks."""
 
     source: Location
-    output: Location
+    destination: Location
+    """The output dataset's location."""
     columns: ParquetColumns = field(default_factory=ParquetColumns)
 
 
@@ -84,7 +85,7 @@ class LabelWorker:
         """Cheap: the model is loaded by `load()` or by the first `process()` (also after a restart)."""
         self.settings = settings
         self.placement = placement
-        self.output = OutputDataset(placement.output)
+        self.output = OutputDataset(placement.destination)
         self._segmenter: DiffSeg | None = None
         self._overlapped: Overlapped | None = None
         self._load_lock = threading.Lock()

@@ -66,15 +66,15 @@ class Overview:
     shown: list[Shown] = field(default_factory=list)
 
 
-def overview(output: Location, sample: int = 24) -> Overview:
-    """Read the output at `output` and pick `sample` images labeled ok, spread evenly over it.
+def overview(location: Location, sample: int = 24) -> Overview:
+    """Read the output at `location` and pick `sample` images labeled ok, spread evenly over it.
 
     Raises:
-        StorageError: `output` is not a labeling job's output, or its files cannot be read.
+        StorageError: `location` is not a labeling job's output, or its files cannot be read.
     """
-    dataset = OutputDataset(output)
+    dataset = OutputDataset(location)
     manifest = dataset.manifest()
-    result = Overview(output.uri(""), manifest)
+    result = Overview(location.uri(""), manifest)
     ok = []
     for position, row in enumerate(dataset.rows(["image_id", "status", "error", "num_segments"])):
         result.images += 1
@@ -93,7 +93,7 @@ def overview(output: Location, sample: int = 24) -> Overview:
             provenance[file] = {key: value for key, value in dataset.provenance(file).items()
                                 if key in PROVENANCE_KEYS}
         labels = decode_mask(row["mask"])
-        picture, note = _picture(row["source_uri"], labels, config, output.storage_options, columns)
+        picture, note = _picture(row["source_uri"], labels, config, location.storage_options, columns)
         result.shown.append(Shown(row["image_id"], row["source_uri"], row["num_segments"], picture, note,
                                   {**provenance[file], "file": file}))
     return result
