@@ -1,6 +1,6 @@
 """Export a labeling job's masks: as image files to look at, or as annotations for training.
 
-    python jobs/export.py out/demo --out out/demo-png
+    python jobs/export.py out/demo/tiny --out out/demo-png       # after make demo MODEL=tiny
     python jobs/export.py s3://bucket/masks/ --out coco/ --format coco --min-area 64 --min-stability 0.8
 
 Formats (README, "Export for training"):
