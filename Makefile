@@ -1,8 +1,21 @@
-# CPU install path: torch is pinned to the CPU wheel (a plain `torch` would pull a multi-GB CUDA build).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-TORCH_CPU := torch==2.13.0
+PIP := $(BIN)/python -m pip install --quiet
+
+# torch: the CPU build, from PyTorch's CPU index, where no NVIDIA GPU answers (PyPI's Linux torch is the multi-GB
+# CUDA build); the regular (CUDA) build where one does. Override: make install TORCH=cpu|cuda, and
+# TORCH_CPU_INDEX=URL for a mirror of the CPU index.
+TORCH_VERSION := 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+ifeq ($(origin TORCH),undefined)
+TORCH := $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
+endif
+# A CPU wheel pip already has at hand (its find-links, no index asked) comes first: a machine whose network
+# reaches only its own package registry then installs without trying download.pytorch.org.
+TORCH_INSTALL_cpu = $(PIP) --no-deps --no-index "torch==$(TORCH_VERSION)+cpu" 2>/dev/null || \
+	$(PIP) "torch==$(TORCH_VERSION)+cpu" --index-url "$(TORCH_CPU_INDEX)"
+TORCH_INSTALL_cuda = $(PIP) "torch==$(TORCH_VERSION)"
 
 .PHONY: install demo lint test test-fast bench gpu-bundle clean
 
@@ -11,10 +24,12 @@ MODEL ?= CompVis/stable-diffusion-v1-4
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# PYTHONWARNINGS: setuptools' notice on every editable install (same-named folders may shadow the package on
+# import) asks nothing of us, and pip prints it even with --quiet.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH_CPU)"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(PIP) --upgrade pip
+	$(or $(TORCH_INSTALL_$(TORCH)),$(error TORCH must be cpu or cuda, got "$(TORCH)"))
+	PYTHONWARNINGS="ignore:Editable installation" $(PIP) -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed

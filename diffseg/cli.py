@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from tqdm import tqdm
-
+# Only light modules before the arguments are checked: --help and flag errors answer at once, without torch.
 from .arguments import OneLineParser, add_algorithm_arguments, config_from_args
-from .defaults import DEFAULT_MODEL, IMAGE_SUFFIXES, MAX_PIXELS, MODEL_HELP
+from .defaults import DEFAULT_MODEL, IMAGE_SUFFIXES, MAX_PIXELS, MODEL_HELP, PRECISIONS
 from .filenames import FileNames
-from .model import DTYPES, ModelLoadError
-from .preprocess import ImageError, PreparedImage
-from .segmenter import DiffSeg
-from .streaming import stream
-from .visualize import FILE_SUFFIXES, label_image, overlay, to_image
+from .visualize import FILE_SUFFIXES
+
+if TYPE_CHECKING:
+    import torch
+
+    from .preprocess import ImageError, PreparedImage
+    from .segmenter import DiffSeg
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,17 +29,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args)
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {args.out} is a file; give a folder (new or empty)")
         jobs = list(_inputs(args.inputs))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not jobs:
+        print("error: no image files found in the inputs", file=sys.stderr)
+        return 2
+    from .model import DTYPES, ModelLoadError
+    from .segmenter import DiffSeg
+
+    try:
         segmenter = DiffSeg.from_pretrained(args.model, config=config, device=args.device,
                                             dtype=DTYPES[args.dtype] if args.dtype else None,
                                             max_pixels=args.max_pixels)
     except (ValueError, ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if not jobs:
-        print("error: no image files found in the inputs", file=sys.stderr)
-        return 2
-    return _run(segmenter, jobs, Path(args.out), args.batch_size)
+    return _run(segmenter, jobs, out, args.batch_size)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,27 +59,30 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("inputs", nargs="+", help="image files or folders")
     seg.add_argument("--out", required=True,
                      help="folder for NAME.mask.png and NAME.overlay.png (NAME: the file's path under its input "
-                          "folder without suffix, characters other than letters, digits, ' ._-' escaped as %%XX)")
+                          "folder, or its name when given alone, with its suffix, as jobs/export.py names image ids: "
+                          "a.jpg gives a.jpg.mask.png; characters other than letters, digits, ' ._-' escaped as "
+                          "%%XX)")
     seg.add_argument("--model", default=DEFAULT_MODEL,
                      help=MODEL_HELP)
     add_algorithm_arguments(seg)
     seg.add_argument("--batch-size", type=int, default=1)
     seg.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    seg.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+    seg.add_argument("--dtype", choices=sorted(PRECISIONS), default=None,
                      help="model precision (default: float16 on cuda, float32 on cpu)")
     seg.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse larger images")
     return parser
 
 
 def _inputs(paths: Sequence[str]) -> Iterator[tuple[Path, str]]:
-    """(file, output name without suffix) for every image file given or found under a folder, sorted."""
+    """(file, output name) for every image file given or found under a folder, sorted. The name keeps the suffix,
+    so that a.jpg and a.png do not share files, and matches what jobs/export.py writes for the same image id."""
     for text in paths:
         path = Path(text)
         if path.is_dir():
             for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
-                yield file, file.relative_to(path).with_suffix("").as_posix()
+                yield file, file.relative_to(path).as_posix()
         elif path.exists():
-            yield path, path.stem
+            yield path, path.name
         else:
             raise ValueError(f"no such file or folder: {text}")
 
@@ -77,9 +90,13 @@ def _inputs(paths: Sequence[str]) -> Iterator[tuple[Path, str]]:
 def _run(segmenter: DiffSeg, jobs: list[tuple[Path, str]], out: Path, batch_size: int) -> int:
     """Segment and save every job, reporting bad images as skipped, in input order; images are batched by
     processing size (`stream`)."""
+    from tqdm import tqdm
+
+    from .streaming import stream
+
     skipped = 0
     names = FileNames(out, FILE_SUFFIXES)
-    targets = [names.claim(name) for name in _unique_names(jobs)]
+    targets = [names.claim(name) for _, name in jobs]
     prepared = ((target, _prepared(segmenter, file)) for (file, _), target in zip(jobs, targets))
     with tqdm(total=len(jobs), unit="img", file=sys.stderr) as progress:
         for outcome in stream(prepared, partial(segmenter.segment_batch, batch_size=batch_size), batch_size):
@@ -96,21 +113,18 @@ def _run(segmenter: DiffSeg, jobs: list[tuple[Path, str]], out: Path, batch_size
 
 def _prepared(segmenter: DiffSeg, file: Path) -> PreparedImage | ImageError:
     """The file prepared for `segmenter`, or why it cannot be."""
+    from .preprocess import ImageError
+
     try:
         return segmenter.prepare(file)
     except ImageError as error:
         return error
 
 
-def _unique_names(jobs: list[tuple[Path, str]]) -> list[str]:
-    """Output names before `FileNames` makes them safe; two inputs that share a name (a.jpg, a.png) keep their
-    suffix in it."""
-    counts = Counter(name for _, name in jobs)
-    return [name if counts[name] == 1 else f"{name}{file.suffix}" for file, name in jobs]
-
-
 def _save(target: Path, image: PreparedImage, labels: torch.Tensor) -> None:
     """Write the image's files at `target` (a stem from `FileNames`)."""
+    from .visualize import label_image, overlay, to_image
+
     target.parent.mkdir(parents=True, exist_ok=True)
     mask, overlay_file = (target.with_name(target.name + suffix) for suffix in FILE_SUFFIXES)
     label_image(labels).save(mask)

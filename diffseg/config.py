@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .methods import METHODS, unused_fields
+from .methods import METHODS, spoken, unused_fields
 
 CROP_MODES = ("none", "center")
 
@@ -58,22 +58,24 @@ class DiffSegConfig:
     self-attention (uses `kl_threshold`, `num_points`, `weights`, `refine`). "kmeans-c": the DiffSeg paper's
     K-Means-C baseline, K-Means of the attention maps into `num_clusters` clusters (k-means++, fixed seed).
     "diffcut": DiffCut (Couairon et al., NeurIPS 2024), recursive normalized cut of one self-attention layer's
-    output features (uses `ncut_threshold`, `alpha`, `pamr`)."""
+    output features (uses `ncut_threshold`, `alpha`, `pamr`). "kway": DiffCut's features and affinity, segmented by a
+    K-way normalized cut descent (`diffseg.kway`, after Falcon, ICLR 2026) started from DiffCut's cut of the tokens
+    pooled to 32 x 32 at most (same settings)."""
 
     num_clusters: int = 6
     """K of the "kmeans-c" method (the paper's K-Means-C uses 6); unused by the others."""
 
     ncut_threshold: float = 0.5
-    """DiffCut's tau: a bipartition is kept, and both halves cut further, while its normalized cut value is
-    below tau (in (0, 2]: an NCut value is at most 2). Larger values cut more, giving more and smaller segments.
-    The paper uses 0.5."""
+    """DiffCut's tau (kway's too, through the cut that starts its descent): a bipartition is kept, and both halves
+    cut further, while its normalized cut value is below tau (in (0, 2]: an NCut value is at most 2). Larger
+    values cut more, giving more and smaller segments. The paper uses 0.5."""
 
     alpha: float = 10.0
     """DiffCut's affinity exponent: the min-max normalized cosine affinity of two tokens is raised to this power
     (> 0), which keeps only strong affinities. The paper uses 10."""
 
     pamr: bool = False
-    """DiffCut: refine the label map with PAMR (pixel-adaptive mask refinement on the image's colours, 10
+    """DiffCut and kway: refine the label map with PAMR (pixel-adaptive mask refinement on the image's colours, 10
     iterations, dilations 1, 2, 4, 8, then a 3x3 median) at 4x the feature grid (128 x 128 at 1024 px), as the
     paper's best results do."""
 
@@ -105,10 +107,10 @@ class DiffSegConfig:
             raise ValueError(f"ncut_threshold must be in (0, 2], got {self.ncut_threshold}")
         if not self.alpha > 0:
             raise ValueError(f"alpha must be positive, got {self.alpha}")
-        for method in METHODS.values():
-            for flag in method.flags:
-                if getattr(self, flag) and self.method != method.name:
-                    raise ValueError(f"{flag} applies to the {method.name} method only")
+        for flag in {flag for method in METHODS.values() for flag in method.flags}:
+            if getattr(self, flag) and flag not in METHODS[self.method].flags:
+                owners = [method.name for method in METHODS.values() if flag in method.flags]
+                raise ValueError(f"{flag} applies to the {spoken(owners, 'and')} method{'s' * (len(owners) > 1)} only")
         if self.weights is not None:
             weights = tuple(float(w) for w in self.weights)
             if not weights or any(w < 0 for w in weights) or sum(weights) <= 0:

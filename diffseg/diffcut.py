@@ -1,6 +1,7 @@
 """DiffCut post-processing (Couairon et al., NeurIPS 2024): one layer's features in, label maps out.
 
-Per image: a recursive normalized cut of the token affinity gives segments on the token grid (`ncut`); each
+Per image: a recursive normalized cut of the token affinity gives segments on the token grid (`ncut`; or, for the
+"kway" method, the K-way NCut descent, `kway`); each
 segment becomes a concept, the mean of its tokens' L2-normalized features; every pixel then takes the concept its
 feature is most similar to, with the similarities computed on the token grid and upsampled bilinearly to the
 output size (the same as upsampling the features first, since both steps are linear, for a fraction of the cost).
@@ -14,9 +15,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from . import kway, ncut
 from .config import DiffSegConfig
 from .labels import compact, label_map, label_map_with_margins, proposal_table, winning_proposals
-from .ncut import segment_tokens, segment_tokens_multi
 from .pamr import median3x3, pamr
 from .scores import STABILITY_STEPS, by_label, segment_means, stability
 from .segment import Segmentation
@@ -68,9 +69,10 @@ def segment_features(features: Sequence[torch.Tensor], config: DiffSegConfig,
     """`segment_from_features` for a batch, each image with its own output size: per image its `(h, w, C)`
     features (and with `config.pamr` its `(3, H, W)` pixels) in, its label map out, on the features' device."""
     results = []
-    for index, (tokens, size) in enumerate(zip(features, output_sizes)):
-        tokens = normalized(tokens)
-        similarity, grid = concept_similarity(tokens, segment_tokens(tokens, config.ncut_threshold, config.alpha))
+    features = [normalized(tokens) for tokens in features]
+    cuts = token_labels(features, config, [config.ncut_threshold])
+    for index, (tokens, size, (segments,)) in enumerate(zip(features, output_sizes, cuts)):
+        similarity, grid = concept_similarity(tokens, segments)
         if config.pamr:
             results.append(compact(_refined(similarity, grid, images[index], tuple(size)), len(similarity)))
         else:
@@ -86,11 +88,11 @@ def segment_features_scored(features: Sequence[torch.Tensor], config: DiffSegCon
     `DETAIL_SCALE` grid, the label maps of the cut thresholds x0.9 and x1.1. All three token label maps come from
     one recursive cut at the largest threshold (`ncut.segment_tokens_multi`), exactly as three cuts would give."""
     results = []
-    for index, (tokens, size) in enumerate(zip(features, output_sizes)):
-        size, tokens = tuple(size), normalized(tokens)
-        token_labels = segment_tokens_multi(tokens, [config.ncut_threshold * step for step in (1.0, *STABILITY_STEPS)],
-                                            config.alpha)
-        (similarity, grid), *moved = [concept_similarity(tokens, labels) for labels in token_labels]
+    features = [normalized(tokens) for tokens in features]
+    cuts = token_labels(features, config, [config.ncut_threshold * step for step in (1.0, *STABILITY_STEPS)])
+    for index, (tokens, size, per_tau) in enumerate(zip(features, output_sizes, cuts)):
+        size = tuple(size)
+        (similarity, grid), *moved = [concept_similarity(tokens, labels) for labels in per_tau]
         count = len(similarity)
         labels, margins, table = label_map_with_margins(similarity, grid, size)
         if config.pamr:
@@ -114,6 +116,16 @@ def scored(evidence: Sequence[torch.Tensor], config: DiffSegConfig, sizes: Seque
            pixels: Sequence[torch.Tensor]) -> list[Segmentation]:
     """`methods.PostProcessing.scored` of DiffCut: `segment_features_scored`."""
     return segment_features_scored(evidence, config, sizes, pixels)
+
+
+def token_labels(tokens: Sequence[torch.Tensor], config: DiffSegConfig, taus: Sequence[float]
+                 ) -> list[list[torch.Tensor]]:
+    """Per image of L2-normalized `(h, w, C)` tokens, its int64 `(h, w)` token segments at each of `taus`: by
+    DiffCut's recursive cut (`ncut`), or for the "kway" method by the K-way NCut descent (`kway`) on the same
+    affinity, the images of a batch together."""
+    if config.method == "kway":
+        return kway.segment_tokens_multi(tokens, taus, config.alpha)
+    return [ncut.segment_tokens_multi(image, taus, config.alpha) for image in tokens]
 
 
 def normalized(features: torch.Tensor) -> torch.Tensor:

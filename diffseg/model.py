@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers.models import modeling_utils
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from . import builtin
@@ -176,8 +180,25 @@ def _encoder_only(vae: AutoencoderKL) -> AutoencoderKL:
 def _ready(module: torch.nn.Module, device: str | torch.device, dtype: torch.dtype) -> torch.nn.Module:
     module = module.to(device)
     if module.dtype != dtype:
-        module = module.to(dtype)
+        with _no_empty_fp32_notice():
+            module = module.to(dtype)
     return _aligned(module).eval().requires_grad_(False)
+
+
+@contextmanager
+def _no_empty_fp32_notice() -> Iterator[None]:
+    """Without diffusers' warning that a model cast with `to(dtype)` may lose the modules it keeps in float32,
+    where the model keeps none: diffusers warns on every cast, listing `[]` for SD's UNet and VAE. A model that
+    does list modules still warns."""
+    modeling_utils.logger.addFilter(_lists_fp32_modules)
+    try:
+        yield
+    finally:
+        modeling_utils.logger.removeFilter(_lists_fp32_modules)
+
+
+def _lists_fp32_modules(record: logging.LogRecord) -> bool:
+    return "should be kept in float32: []" not in record.getMessage()
 
 
 def _aligned(module: torch.nn.Module) -> torch.nn.Module:

@@ -182,6 +182,10 @@ def _decode(image: ImageInput, max_pixels: int, draft: int | None) -> tuple[Imag
                 raise Image.DecompressionBombError(str(error)) from None
         with opened:
             return _read(opened, max_pixels, draft)
+    except Image.UnidentifiedImageError:
+        # Pillow's own message names the stream by its repr (a memory address), which differs every run.
+        what = "empty file" if image == b"" else "not an image format Pillow reads"
+        raise ImageError(None, f"cannot decode image ({what})") from None
     except (OSError, SyntaxError, Image.DecompressionBombError, EOFError) as error:
         raise ImageError(None, f"cannot decode image ({error})") from None
     except ValueError as error:  # `_read`'s refusals, and decoders' own (a PNG text chunk too large, say)

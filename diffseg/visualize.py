@@ -1,18 +1,25 @@
-"""Label maps as images: the label PNG itself and a colored overlay for people to look at."""
+"""Label maps as images: the label PNG itself and a colored overlay for people to look at.
+
+Imports no torch (tensors are taken as they come, through their `numpy`), so that the command lines can name
+`FILE_SUFFIXES` before their arguments are checked."""
 
 from __future__ import annotations
 
 import colorsys
 import struct
 import zlib
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 FILE_SUFFIXES = (".mask.png", ".overlay.png")
 """The files written per image by the CLI and the PNG export: NAME.mask.png (the label map, `label_image`) and
-NAME.overlay.png (the photo under the colored segments, `overlay`)."""
+NAME.overlay.png (the photo under the colored segments, `overlay`). NAME is the image's id with its suffix
+(`a.jpg` gives `a.jpg.mask.png`), so that a.jpg and a.png do not share files."""
 
 
 def label_image(labels: torch.Tensor | np.ndarray) -> Image.Image:
@@ -62,7 +69,7 @@ def _narrowest(labels: torch.Tensor | np.ndarray) -> np.ndarray:
     Raises:
         ValueError: not a 2-D integer map, or labels outside 0..65535.
     """
-    array = labels.numpy(force=True) if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    array = _array(labels)
     if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"expected an (H, W) integer label map, got {array.dtype} of shape {array.shape}")
     if array.dtype == np.uint8:
@@ -89,11 +96,16 @@ def overlay(image: Image.Image, labels: torch.Tensor, alpha: float = 0.5) -> Ima
 
 def colorize(labels: torch.Tensor | np.ndarray) -> Image.Image:
     """The `(H, W)` label map as an RGB image, each label in its `palette` color."""
-    array = labels.numpy(force=True) if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    array = _array(labels)
     return Image.fromarray(palette(int(array.max(initial=0)) + 1)[array])
 
 
 def to_image(pixels: torch.Tensor) -> Image.Image:
     """The RGB image of model input pixels `(3, h, w)` in [-1, 1]."""
-    array = ((pixels.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return Image.fromarray(array.permute(1, 2, 0).numpy())
+    array = ((pixels.float().numpy(force=True) + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    return Image.fromarray(array.transpose(1, 2, 0))
+
+
+def _array(labels: torch.Tensor | np.ndarray) -> np.ndarray:
+    """`labels` as a NumPy array: a tensor (anything with torch's `numpy(force=True)`) copied off its device."""
+    return labels.numpy(force=True) if hasattr(labels, "numpy") else np.asarray(labels)

@@ -26,10 +26,12 @@ from diffseg.arguments import OneLineParser  # noqa: E402
 from pipeline.clustering.job import ACTOR_MEMORY, DEFAULT_SAMPLE, MAX_CLASSES, ClusterJob  # noqa: E402
 from pipeline.execution.capacity import GIB  # noqa: E402
 from pipeline.execution.command import add_ray_arguments, check_at_least, job_or_exit, ray_minimums, run_ray_job  # noqa: E402
-from pipeline.store.location import StorageError, parse_storage_options  # noqa: E402
+from pipeline.store.location import Location, StorageError, parse_storage_options  # noqa: E402
 
 MAX_SEED = 2**31 - 1
 """faiss takes a C int seed."""
+INPUT_ADVICE = "give the folder of a labeling output made with --descriptors"
+OUTPUT_ADVICE = "give a folder (a new one, or an earlier run's output to go on with it)"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -69,9 +71,18 @@ def job_from_args(args: argparse.Namespace) -> ClusterJob:
                       retry_delay=args.retry_delay, storage_options=parse_storage_options(args.storage_options))
 
 
+def checked_job(args: argparse.Namespace) -> ClusterJob:
+    """`job_from_args`, then what can be refused before anything heavy starts: an input or output that is a file,
+    a store without credentials or that does not answer (one request each)."""
+    job = job_from_args(args)
+    Location(job.input, job.storage_options).check_folder("--input", INPUT_ADVICE)
+    Location(job.output, job.storage_options).check_folder("--output", OUTPUT_ADVICE)
+    return job
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    job = job_or_exit(job_from_args, args)
+    job = job_or_exit(checked_job, args)
     from pipeline.clustering.driver import execute, needs_ray, plan
     from pipeline.execution.capacity import JobError
     from pipeline.store.dataset import OutputConflict

@@ -3,7 +3,7 @@
     python jobs/export.py out/demo/tiny --out out/demo-png       # after make demo MODEL=tiny
     python jobs/export.py s3://bucket/masks/ --out coco/ --format coco --min-area 64 --min-stability 0.8
 
-Formats (README, "Export for training"):
+Formats (docs/exports.md):
 {formats}
 
 NAME is the image id as a safe path under --out (diffseg.filenames): 'sub/a.jpg' stays 'sub/a.jpg', anything
@@ -33,6 +33,8 @@ from pipeline.export import FORMATS, Format, format_named  # noqa: E402
 
 HELP_WIDTH = 115
 """Columns of the formats' lines in --help, as wide as the text around them."""
+OUTPUT_ADVICE = "give the folder of a labeling job's output"
+OUT_ADVICE = "give a folder (new or empty)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      f"use them with --format {spoken([f.name for f in FORMATS if f.filters], 'or')}")
     try:
         location = Location(args.output, parse_storage_options(args.storage_options))
+        location.check_folder("", OUTPUT_ADVICE)
+        Location(args.out).check_folder("--out", OUT_ADVICE)
         chosen = settings(location, Path(args.out), filters, args.shard_size, per_segment=fmt.per_segment)
         tally, written = export(location, fmt.load()(chosen), args.num_workers, not args.no_progress)
     except (ExportError, StorageError, OSError, ValueError) as error:

@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
@@ -24,10 +25,16 @@ from pipeline.execution.capacity import GIB  # noqa: E402
 from pipeline.execution.command import add_ray_arguments, check_at_least, job_or_exit, ray_minimums, run_ray_job  # noqa: E402
 from pipeline.labeling.job import LabelJob  # noqa: E402
 from pipeline.store.inputs import FORMATS, ParquetColumns  # noqa: E402
-from pipeline.store.location import StorageError, parse_storage_options  # noqa: E402
+from pipeline.store.location import Location, StorageError, parse_storage_options  # noqa: E402
 
 if TYPE_CHECKING:
     from pipeline.labeling.driver import Summary
+
+INPUT_ADVICE = ("give the folder or prefix that holds the images, tar or Parquet files (to label one file, put it in "
+                "a folder of its own)")
+OUTPUT_ADVICE = "give a folder (a new one, or an earlier run's output to go on with it)"
+MODEL_FILES = ("model_index.json", "unet")
+"""What makes a folder a diffusers model, either one (the loader reads unet/ and the other parts beside it)."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -51,8 +58,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-actor", type=float, default=None,
                    help="default: with GPUs, the CPUs that come with them on a node; else those of the smallest node")
     p.add_argument("--memory-per-actor", type=float, default=None, metavar="GIB",
-                   help="host memory each actor reserves, in GiB (default: 6 for CPU actors, 4 with GPUs, 1 for "
-                        "the tiny model; 0 reserves none)")
+                   help="host memory each actor reserves, in GiB (default: 6 for CPU actors, 4 with GPUs, 2 for "
+                        "the tiny models; 0 reserves none)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per UNet forward (default: 8 on a GPU, fewer if its memory is small; 1 on CPU)")
     p.add_argument("--dtype", choices=PRECISIONS, default=None,
@@ -97,9 +104,35 @@ def job_from_args(args: argparse.Namespace) -> LabelJob:
                     storage_options=parse_storage_options(args.storage_options))
 
 
+def checked_job(args: argparse.Namespace) -> LabelJob:
+    """`job_from_args`, then what can be refused before Ray starts: a model path that is no model folder, an input
+    or output that is a file, a store without credentials or that does not answer (one request each)."""
+    job = job_from_args(args)
+    check_model(job.model)
+    Location(job.input, job.storage_options).check_folder("--input", INPUT_ADVICE)
+    Location(job.output, job.storage_options).check_folder("--output", OUTPUT_ADVICE)
+    return job
+
+
+def check_model(model: str) -> None:
+    """Raise `ValueError` when `model` is a filesystem path (as the loader tells one: it starts with '/', '.' or
+    '~', has more than one '/', or is a folder that exists) but no folder in the diffusers layout. A bare name is a
+    built-in or a Hub id, left to the loader: only it can tell a built-in's name from a folder of that name."""
+    path = Path(model).expanduser()
+    looks_like_path = model.startswith(("/", ".", "~")) or model.count("/") > 1 or ("/" in model and path.is_dir())
+    if not looks_like_path:
+        return
+    if not path.is_dir():
+        raise ValueError(f"--model {model}: no such folder; give a folder in the diffusers layout, a Hub id, or "
+                         "tiny for a smoke run")
+    if not any((path / name).exists() for name in MODEL_FILES):
+        raise ValueError(f"--model {model} is not a diffusers model folder (no model_index.json nor unet/ in it); "
+                         "give the folder that holds them")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    job = job_or_exit(job_from_args, args)
+    job = job_or_exit(checked_job, args)
     from diffseg import ModelLoadError
     from pipeline.execution.capacity import JobError
     from pipeline.labeling.driver import execute, plan
@@ -116,10 +149,18 @@ def _account(job: LabelJob, summary: Summary) -> str:
     return (f"{summary.files_new} new input file(s) found, {summary.images_ok} image(s) labeled, "
             f"{summary.images_failed} failed, {summary.shards_written} shard(s) written, {summary.shards_skipped} "
             f"already done, {summary.shards_failed} failed; masks in {summary.output}" + _changes_line(summary)
-            + (f"; {summary.files_ignored} file(s) under the input are not of its kind and were ignored"
-               if summary.files_ignored else "")
+            + _ignored_line(summary)
             + (f"; stopped listing at --max-files {job.max_files}: run again without it to label the rest"
                if summary.max_files_reached else ""))
+
+
+def _ignored_line(summary: Summary) -> str:
+    """The part of the last stderr line naming the first files left out of the input, if any were."""
+    if not summary.files_ignored:
+        return ""
+    more = ", ..." if summary.files_ignored > len(summary.ignored_files) else ""
+    return (f"; {summary.files_ignored} file(s) under the input ignored (hidden, or not of the input's kind): "
+            f"{', '.join(summary.ignored_files)}{more}")
 
 
 def _changes_line(summary: Summary) -> str:

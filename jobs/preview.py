@@ -22,6 +22,9 @@ from diffseg.arguments import OneLineParser  # noqa: E402
 from pipeline.store.location import Location, StorageError, parse_storage_options  # noqa: E402
 from pipeline.viewing.preview import overview, write_preview  # noqa: E402
 
+OUTPUT_ADVICE = "give the folder of a labeling job's output"
+OUT_ADVICE = "give a folder (new or empty)"
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = OneLineParser(prog="jobs/preview.py", description=__doc__,
@@ -34,7 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.sample < 0:
             raise ValueError(f"--sample must be at least 0, got {args.sample}")
-        view = overview(Location(args.output, parse_storage_options(args.storage_options)), args.sample)
+        location = Location(args.output, parse_storage_options(args.storage_options))
+        location.check_folder("", OUTPUT_ADVICE)
+        Location(args.out).check_folder("--out", OUT_ADVICE)
+        view = overview(location, args.sample)
         page = write_preview(view, args.out)
     except (ValueError, StorageError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

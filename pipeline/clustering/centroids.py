@@ -37,7 +37,10 @@ def train(sample: np.ndarray, classes: int, iterations: int, seed: int) -> np.nd
     kmeans = faiss.Kmeans(sample.shape[1], classes, niter=iterations, nredo=RESTARTS, seed=seed, spherical=True,
                           init_method=faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS,
                           # faiss would otherwise train on 256 points per class: the sample is already the bound.
-                          max_points_per_centroid=-(-len(sample) // classes))
+                          max_points_per_centroid=-(-len(sample) // classes),
+                          # Below 39 points per class faiss prints a warning the user can do nothing about: the
+                          # sample is what the input has (`--sample`), and fewer points than classes are refused.
+                          min_points_per_centroid=1)
     kmeans.train(sample)
     return kmeans.centroids
 

@@ -24,7 +24,7 @@ import ray
 
 from ..execution.capacity import PLACEMENT_TIMEOUT, ActorShape, JobError, Node, cluster_summary, hostable
 from ..execution.command import RunSummary
-from ..execution.executor import REPORT_EVERY, Executor
+from ..execution.executor import REPORT_EVERY, Executor, Items, tallying
 from ..store.dataset import OutputDataset
 from ..store.inputs import InputError
 from ..store.location import Location
@@ -128,22 +128,23 @@ def execute(planned: Plan, progress: bool = True, worker: type[ClassWorker] = Cl
     recorded = planned.recorded
     if needs_ray(planned):
         shards = planned.shards if recorded is None else planned.todo
-        pool = Executor(_start_actors(job, planned, len(shards), worker), job.max_retries, job.retry_delay)
-        try:
-            recorded = recorded or _train(planned, pool, summary, progress)
-            _assign(planned, recorded, pool, summary, progress)
-        finally:
-            for actor in pool.actors:
-                ray.kill(actor)
+        with tallying() as tally:
+            pool = Executor(_start_actors(job, planned, len(shards), worker, tally), job.max_retries, job.retry_delay)
+            try:
+                recorded = recorded or _train(planned, pool, summary, progress)
+                _assign(planned, recorded, pool, summary, progress, tally)
+            finally:
+                for actor in pool.actors:
+                    ray.kill(actor)
         summary.retries, summary.in_flight_peak = pool.retries, pool.in_flight_peak
     summary.centroids_sha256, summary.sample = recorded["centroids_sha256"], recorded["sample_used"]
     summary.seconds = time.perf_counter() - planned.started
     return summary
 
 
-def _start_actors(job: ClusterJob, planned: Plan, shards: int, worker: type[ClassWorker]) -> list:
+def _start_actors(job: ClusterJob, planned: Plan, shards: int, worker: type[ClassWorker], tally: str) -> list:
     """Start `job.num_actors` actors (default: as many as the cluster hosts now, `capacity.hostable`), never more
-    than `shards`, and wait until they are placed.
+    than `shards`, reporting the rows they assign to the `executor.Tally` named `tally`, and wait until they are placed.
 
     Raises:
         JobError: they do not fit in the cluster now, or are not placed within `PLACEMENT_TIMEOUT`.
@@ -159,7 +160,7 @@ def _start_actors(job: ClusterJob, planned: Plan, shards: int, worker: type[Clas
                        "or --memory-per-actor")
     remote = ray.remote(worker).options(num_cpus=shape.cpus, num_gpus=0, memory=shape.memory or None,
                                         max_restarts=-1, max_task_retries=0)
-    actors = [remote.remote(planned.source.location, planned.output.location, max(1, int(shape.cpus)))
+    actors = [remote.remote(planned.source.location, planned.output.location, max(1, int(shape.cpus)), tally)
               for _ in range(min(count, shards))]
     placed, _ = ray.wait([actor.__ray_ready__.remote() for actor in actors], num_returns=len(actors),
                          timeout=PLACEMENT_TIMEOUT)
@@ -259,8 +260,11 @@ def _compact(sample: np.ndarray, offsets: np.ndarray, drawn: np.ndarray) -> np.n
     return sample[:end]
 
 
-def _assign(planned: Plan, recorded: dict[str, Any], pool: Executor, summary: Summary, progress: bool) -> None:
-    """Write every remaining shard's semantic masks with the recorded centroids."""
+def _assign(planned: Plan, recorded: dict[str, Any], pool: Executor, summary: Summary, progress: bool,
+            tally: str) -> None:
+    """Write every remaining shard's semantic masks with the recorded centroids, listing the images written as
+    errors (`FailureLog`); the bar counts images as the actors report them to `tally` (a shard's images are known
+    once it is read: no time left is shown)."""
     begun = time.perf_counter()
     trained = ray.put(centroids.load(planned.output.location, recorded["centroids_sha256"]))
     provenance = {"pseudo_classes": {key: recorded[key] for key in ("classes", "sample", "sample_used", "seed",
@@ -268,7 +272,12 @@ def _assign(planned: Plan, recorded: dict[str, Any], pool: Executor, summary: Su
                                                                     "faiss")},
                   "input": recorded["input"], "source": recorded["source"], **environment(),
                   "run_id": summary.run_id}
-    for outcome in pool.map(lambda actor, shard: actor.assign.remote(shard, trained, provenance), planned.todo,
-                            desc="assigning", progress=progress):
-        summary.record(outcome.unit, outcome.error, outcome.result)
+    images = Items(tally, done=lambda marker: marker["rows"], planned=lambda shard: None)
+    with planned.output.failure_log(summary.run_id) as log:
+        for outcome in pool.map(lambda actor, shard: actor.assign.remote(shard, trained, provenance), planned.todo,
+                                desc="assigning", progress=progress, items=images):
+            summary.record(outcome.unit, outcome.error, outcome.result)
+            if outcome.result is not None:
+                log.add(outcome.unit, outcome.result["failures"])
+        summary.failed_images_file = log.uri
     summary.assign_seconds = time.perf_counter() - begun

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from diffseg.visualize import label_png
 
+from ..execution.reporter import Reporter
 from ..store.dataset import OutputDataset, decode_descriptors, decode_mask
 from ..store.location import Location
 from ..store.prefetch import pool_map
@@ -41,9 +42,11 @@ Found = tuple[np.ndarray, np.ndarray] | str
 class ClassWorker:
     """Counts, samples and assigns the descriptors of one input shard per call."""
 
-    def __init__(self, source: Location, destination: Location, threads: int = 1) -> None:
-        """`threads`: the actor's CPUs, for faiss and the masks' pool (capped by the machine's cores)."""
+    def __init__(self, source: Location, destination: Location, threads: int = 1, tally: str | None = None) -> None:
+        """`threads`: the actor's CPUs, for faiss and the masks' pool (capped by the machine's cores). `tally`: the
+        name of the job's `executor.Tally`, told the rows each `assign` has done so far (None: told nothing)."""
         self.source = OutputDataset(source)
+        self.tally = tally
         self.output = OutputDataset(destination, CLASS_SCHEMA)
         self._threads = max(1, min(threads, os.cpu_count() or 1))
         faiss.omp_set_num_threads(self._threads)
@@ -81,9 +84,11 @@ class ClassWorker:
         """
         nearest = Nearest(centroids)
         rows: list[ClassRow] = []
+        report = Reporter(self.tally)
         for batch in self._batches(shard, READ):
             records = batch.to_pylist()
             rows.extend(pool_map(_row, zip(records, _classified(records, nearest)), self._masks, 2 * self._threads))
+            report(len(rows))
         return self.output.write(shard, rows, {**provenance, "created": now(),
                                                "shard": {"name": shard, "input": self.source.shard_uri(shard)}})
 

@@ -40,11 +40,8 @@ from ..display.pages import display_size, resize_nearest, spread
 from ..store.dataset import OutputDataset, decode_mask, manifest_config
 from ..store.location import Location
 from ..store.prefetch import prefetch
+from .choices import SCORED_METHODS
 from .datasets import Example, LabeledDataset, join_key
-
-SCORED_METHODS = tuple(variant.name for method in METHODS.values() for variant in method.variants)
-"""Methods a model can be scored with: each method's evaluation variants (`Method.variants`), among them K-Means-S,
-which takes K = the classes present in each image's ground truth."""
 
 
 @dataclass(frozen=True)

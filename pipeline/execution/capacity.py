@@ -15,11 +15,12 @@ GIB = 2**30
 PLACEMENT_TIMEOUT = 60.0
 """Seconds actors may take to be placed when the cluster had room for them as the job started (no
 `--startup-timeout`): if other work took the room meanwhile, the job says so instead of waiting forever."""
-ACTOR_MEMORY = {"tiny": 1 * GIB, "cpu": 6 * GIB, "gpu": 4 * GIB}
-"""Host memory (bytes) an actor reserves when `--memory-per-actor` is not given: the built-in tiny models
-(`TINY_MODELS`) need little; a full-size SD 1.x replica on CPU peaked at 4.35 GiB RSS (fp32, 512 px,
-benchmarks/README.md), and a GPU replica keeps its weights on the device but loads them through host memory
-first. SDXL-family models need more (see the README's "Sizing"): their users pass `--memory-per-actor`."""
+ACTOR_MEMORY = {"tiny": 2 * GIB, "cpu": 6 * GIB, "gpu": 4 * GIB}
+"""Host memory (bytes) an actor reserves when `--memory-per-actor` is not given: a tiny-model actor (`TINY_MODELS`)
+peaked at 984 MiB on samples/ and at 1.49 GiB on 12-megapixel photos; a full-size SD 1.x replica on CPU peaked at
+4.35 GiB RSS (fp32, 512 px, benchmarks/README.md), and a GPU replica keeps its weights on the device but loads them
+through host memory first. SDXL-family models need more (see docs/sizing.md): their users pass
+`--memory-per-actor`."""
 TINY_MODELS = ("tiny", "tiny-xl")
 
 GPU_ACTOR_CPUS = 2.0

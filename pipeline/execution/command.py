@@ -20,6 +20,8 @@ J = TypeVar("J")
 
 MAX_RETRY_DELAY = 60.0
 """Longest wait, in seconds, before retrying a failed unit (`executor.Executor`; the --retry-delay help)."""
+FAILED_NAMED = 5
+"""Failed images a summary names (its `failed_images_file` lists every one)."""
 
 
 @dataclass
@@ -42,9 +44,15 @@ class RunSummary:
     in_flight_peak: int = 0
     """Most shards handed to actors at once (at most `IN_FLIGHT_PER_ACTOR` per actor): the driver's backlog
     and the object store's load stay bounded whatever the size of the input."""
+    failed_images: list[dict[str, str]] = field(default_factory=list)
+    """The first `FAILED_NAMED` images written as errors: `{"image_id", "source_uri", "error", "shard"}`."""
+    failed_images_file: str = ""
+    """URI of the list of every image written as an error (`_runs/RUN_ID.failures.jsonl`, one JSON object a line,
+    as in `failed_images`); "" when there is none."""
 
     def record(self, shard: str, error: str | None, marker: dict[str, Any] | None) -> None:
-        """Count one shard's outcome: failed for good with `error`, or written with `marker`'s row counts."""
+        """Count one shard's outcome: failed for good with `error`, or written with `marker`'s row counts (and its
+        first failed images, from `OutputDataset.write`'s `failures`)."""
         if error is not None:
             self.shards_failed += 1
             self.failed.append({"shard": shard, "error": error})
@@ -53,6 +61,16 @@ class RunSummary:
         self.shards_written += 1
         self.images_ok += marker["images_ok"]
         self.images_failed += marker["images_failed"]
+        named = marker["failures"][:FAILED_NAMED - len(self.failed_images)]
+        self.failed_images.extend({**failure, "shard": shard} for failure in named)
+
+    def failures_clause(self) -> str:
+        """The part of the one-line account naming the first failed image and where all of them are listed; ""
+        when none failed."""
+        if not self.failed_images:
+            return ""
+        first = self.failed_images[0]
+        return f"; failed images listed in {self.failed_images_file}, the first: {first['image_id']}: {first['error']}"
 
     def to_dict(self) -> dict[str, Any]:
         """All fields, every `*seconds` rounded to ms."""
@@ -102,9 +120,9 @@ def run_ray_job(plan: Callable[[], P], needs_ray: Callable[[P], bool], execute: 
                 address: str | None, errors: tuple[type[BaseException], ...],
                 describe: Callable[[Any], str]) -> int:
     """Plan (no Ray), connect when `needs_ray(planned)`, execute, disconnect; then the one-line account
-    `describe(summary)` on stderr and the JSON summary as the last line on stdout. Returns the exit status: 0
-    every shard written, 1 some shard failed for good, 2 one of `errors` (printed as one line: bad input, an
-    output made otherwise, a job that cannot start)."""
+    `describe(summary)`, with the first failed image (`RunSummary.failures_clause`), on stderr and the JSON summary
+    as the last line on stdout. Returns the exit status: 0 every shard written, 1 some shard failed for good, 2 one
+    of `errors` (printed as one line: bad input, an output made otherwise, a job that cannot start)."""
     from .cluster import connect, disconnect  # Ray, only once the flags were checked
 
     try:
@@ -117,6 +135,6 @@ def run_ray_job(plan: Callable[[], P], needs_ray: Callable[[P], bool], execute: 
         return 2
     finally:
         disconnect()
-    print(describe(summary), file=sys.stderr)
+    print(describe(summary) + summary.failures_clause(), file=sys.stderr)
     print(json.dumps(summary.to_dict()), flush=True)
     return 1 if summary.shards_failed else 0

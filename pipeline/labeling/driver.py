@@ -29,7 +29,7 @@ from diffseg import ModelLoadError
 from ..execution import capacity, executor
 from ..execution.capacity import Actors, ActorShape, JobError, Node, actor_shape, cluster_summary, fit
 from ..execution.command import RunSummary
-from ..execution.executor import IN_FLIGHT_PER_ACTOR, Executor, Outcome, reason
+from ..execution.executor import IN_FLIGHT_PER_ACTOR, Executor, reason
 from ..store.dataset import OutputDataset
 from ..store.inputs import Listing, Shard, SourceFile, listing
 from ..store.location import Location
@@ -49,6 +49,8 @@ class Summary(RunSummary):
 
     files_ignored: int = 0
     """Files under the input that were not read: other extensions than the input's kind, hidden files."""
+    ignored_files: list[str] = field(default_factory=list)
+    """The keys (paths under the input) of the first `inputs.IGNORED_NAMED` of them, in key order."""
     startup_seconds: float = 0.0
     """Part of `seconds` spent starting the actors and loading their model replicas."""
     files_new: int = 0
@@ -199,19 +201,25 @@ def execute(planned: Plan, progress: bool = True, worker: type[LabelWorker] = La
     summary = Summary(output=planned.output.location.uri(""), run_id=uuid.uuid4().hex)
     summary.unfinished_removed = len(planned.output.remove_unfinished())
     if planned.todo:
-        starting = time.perf_counter()
-        actors, model = _start_actors(planned.job, planned.source, planned.output.location, planned.todo, worker)
-        summary.startup_seconds = time.perf_counter() - starting
-        try:
-            planned.output.claim({**planned.identity, "model": model})
-            planned.begin()
-            _schedule(actors, planned.todo, planned.job, summary, progress)
-        finally:
-            for actor in actors:
-                ray.kill(actor)
+        with executor.tallying() as tally:
+            _label(planned, summary, progress, worker, tally)
     _count_files(planned, summary)
     summary.seconds = time.perf_counter() - planned.started
     return summary
+
+
+def _label(planned: Plan, summary: Summary, progress: bool, worker: type[LabelWorker], tally: str) -> None:
+    """Start the actors (reporting their images done to `tally`), claim the output and label every planned shard."""
+    starting = time.perf_counter()
+    actors, model = _start_actors(planned.job, planned.source, planned.output.location, planned.todo, worker, tally)
+    summary.startup_seconds = time.perf_counter() - starting
+    try:
+        planned.output.claim({**planned.identity, "model": model})
+        planned.begin()
+        _schedule(actors, planned, summary, progress, tally)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
 
 
 def run(job: LabelJob, progress: bool = True) -> Summary:
@@ -223,6 +231,7 @@ def _count_files(planned: Plan, summary: Summary) -> None:
     """The summary's counts of input files, and the `_changes/` listing, once the listing ended."""
     comparison = planned.comparison
     summary.shards_skipped, summary.files_ignored = planned.skipped, planned.listing.ignored
+    summary.ignored_files = list(planned.listing.ignored_keys)
     summary.files_new, summary.files_changed = comparison.new, len(comparison.changed)
     summary.files_vanished = len(comparison.vanished)
     summary.files_relabeled = len(comparison.changed) if planned.job.relabel_changed else 0
@@ -270,8 +279,9 @@ def _nodes() -> list[Node]:
 
 
 def _start_actors(job: LabelJob, source: Location, destination: Location, todo: Todo,
-                  worker: type[LabelWorker]) -> tuple[list, dict]:
-    """Start the actor pool and load a model replica in each; returns the actors and the model's identity.
+                  worker: type[LabelWorker], tally: str) -> tuple[list, dict]:
+    """Start the actor pool and load a model replica in each; returns the actors and the model's identity. The
+    actors report their images done to the `executor.Tally` named `tally`.
 
     No more actors than shards: the shards are read ahead up to the pool's size, never further (the listing
     may not have ended)."""
@@ -284,7 +294,7 @@ def _start_actors(job: LabelJob, source: Location, destination: Location, todo: 
                               gpu_share=shape.gpus or 1.0)
     remote = ray.remote(worker).options(num_cpus=shape.cpus, num_gpus=shape.gpus, memory=shape.memory or None,
                                         max_restarts=-1, max_task_retries=0, max_concurrency=IN_FLIGHT_PER_ACTOR)
-    actors = [remote.remote(settings, Placement(source, destination, job.columns)) for _ in range(pool.count)]
+    actors = [remote.remote(settings, Placement(source, destination, job.columns), tally) for _ in range(pool.count)]
     try:
         loaded = _await_replicas(actors, shape, job.startup_timeout)
     except BaseException:
@@ -373,21 +383,24 @@ def _numbers(indices: list[int]) -> str:
     return listed + (f" and {len(indices) - 10} more" if len(indices) > 10 else "")
 
 
-def _schedule(actors: list, todo: Todo, job: LabelJob, summary: Summary, progress: bool) -> None:
-    """Label every shard of `todo` on `actors` (the executor's loop: at most `IN_FLIGHT_PER_ACTOR` shards per
-    actor, retries, lost actors), counting what each wrote in `summary`. An actor that died is given shards again
-    once its model reloaded (`load` is the probe: it also says whether the replica is usable)."""
+def _schedule(actors: list, planned: Plan, summary: Summary, progress: bool, tally: str) -> None:
+    """Label every shard of `planned.todo` on `actors` (the executor's loop: at most `IN_FLIGHT_PER_ACTOR` shards
+    per actor, retries, lost actors, images counted as the actors report them to the tally named `tally`),
+    counting what each wrote in `summary` and listing its failed images (`FailureLog`). An actor that died is given
+    shards again once its model reloaded (`load` is the probe: it also says whether the replica is usable)."""
+    job = planned.job
     pool = Executor(actors, job.max_retries, job.retry_delay, probe=lambda actor: actor.load.remote(),
                     answered=lambda answer: "info" in answer)
-    begun = time.perf_counter()
-
-    def images(outcome: Outcome[Shard]) -> dict[str, Any]:
-        images = summary.images_ok + summary.images_failed
-        return {"images": images, "img_per_s": f"{images / (time.perf_counter() - begun):.2f}"}
-
+    # Image folders' shards list their images; tar and Parquet shards are counted once read (no time left shown).
+    images = executor.Items(tally, done=lambda marker: marker["rows"],
+                            planned=lambda shard: len(shard.files) if shard.format == "images" else None)
     try:
-        for outcome in pool.map(lambda actor, shard: actor.process.remote(shard, summary.run_id), todo,
-                                name=lambda shard: shard.name, progress=progress, postfix=images):
-            summary.record(outcome.unit.name, outcome.error, outcome.result)
+        with planned.output.failure_log(summary.run_id) as log:
+            for outcome in pool.map(lambda actor, shard: actor.process.remote(shard, summary.run_id), planned.todo,
+                                    name=lambda shard: shard.name, progress=progress, items=images):
+                summary.record(outcome.unit.name, outcome.error, outcome.result)
+                if outcome.result is not None:
+                    log.add(outcome.unit.name, outcome.result["failures"])
+            summary.failed_images_file = log.uri
     finally:
         summary.retries, summary.in_flight_peak = pool.retries, pool.in_flight_peak

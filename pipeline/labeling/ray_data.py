@@ -51,6 +51,9 @@ def read_masks(output: str, storage_options: dict[str, Any] | None = None, decod
     # With the current schema: files written before segments had scores read with those fields null.
     masks = ray.data.read_parquet(files, filesystem=PyFileSystem(FSSpecHandler(location.fs)),
                                   schema=SCHEMA.remove_metadata())
+    # The plan Ray Data logs as each execution starts is our reading's internals; the setting is this dataset's
+    # own (Ray Data copies the context into each dataset it makes) and carries to the datasets made from it.
+    masks.context.print_on_execution_start = False
     return masks.map(_with_labels) if decode else masks
 
 

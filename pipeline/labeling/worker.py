@@ -34,6 +34,7 @@ from diffseg.regions import regions
 from diffseg.segment import Segmentation
 from diffseg.visualize import label_png
 
+from ..execution.reporter import Reporter
 from ..store.dataset import OutputDataset, Row, encode_descriptors
 from ..store.inputs import ParquetColumns, Record, Shard, read
 from ..store.location import Location
@@ -81,10 +82,12 @@ class Placement:
 class LabelWorker:
     """Holds one model replica; `process(shard)` writes that shard's mask file and its `_done/` marker."""
 
-    def __init__(self, settings: WorkerSettings, placement: Placement) -> None:
-        """Cheap: the model is loaded by `load()` or by the first `process()` (also after a restart)."""
+    def __init__(self, settings: WorkerSettings, placement: Placement, tally: str | None = None) -> None:
+        """Cheap: the model is loaded by `load()` or by the first `process()` (also after a restart). `tally`: the
+        name of the job's `executor.Tally`, told the images each `process` has done so far (None: told nothing)."""
         self.settings = settings
         self.placement = placement
+        self.tally = tally
         self.output = OutputDataset(placement.destination)
         self._segmenter: DiffSeg | None = None
         self._overlapped: Overlapped | None = None
@@ -149,7 +152,10 @@ class LabelWorker:
         # and masks for encoding (a batch's arrive at once), 2 per thread so that none idles between images.
         decoded = prefetch(lambda: self._decoded(shard, segmenter), 4 * size)
         outcomes = stream(decoded, segment, size)
-        rows = list(pool_map(_row, outcomes, self._encoding, 2 * self._threads + size))
+        report, rows = Reporter(self.tally), []
+        for row in pool_map(_row, outcomes, self._encoding, 2 * self._threads + size):
+            rows.append(row)
+            report(len(rows))
         provenance = {**segmenter.info, **environment(), "run_id": run_id, "created": now(),
                       "batch_size": size,
                       "input": self.placement.source.uri(""), "shard": {"name": shard.name,

@@ -11,6 +11,9 @@ Layout under the output URL (names starting with `_` are bookkeeping that datase
                             as the run RUN_ID found them
     _runs/part-NNNNN.json   a run's new image shards start at part-NNNNN: from there up to the next such record,
                             the shards' files follow each other in key order (`OutputDataset.covered`)
+    _runs/RUN_ID.failures.jsonl
+                            the images the run RUN_ID could not label, one JSON object a line (`image_id`,
+                            `source_uri`, `error`, `shard`); none when it labeled them all (`FailureLog`)
 
 This module is the format's one writer and one reader: `OutputDataset` writes shards and reads rows, the
 manifest and provenance back; `decode_mask` is the one decoder of a mask PNG (`diffseg.visualize.label_png`
@@ -26,6 +29,7 @@ import json
 import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Self
 
@@ -57,7 +61,7 @@ SCHEMA = mask_schema([("segments", pa.list_(pa.struct([("id", pa.int32()), ("are
                                                       ("bbox", pa.list_(pa.int32())), ("stability", pa.float32()),
                                                       ("score", pa.float32())])))],
                      trailing=[("descriptors", pa.binary())])
-"""Columns of every mask file (the README's "Outputs" table). `width`/`height` are the mask's size: the image's
+"""Columns of every mask file (docs/outputs.md, the data contract). `width`/`height` are the mask's size: the image's
 original size, or the crop's size in center-crop mode. `bbox` is `[x, y, w, h]` in pixels. `descriptors` (with
 `--descriptors`, else null): the segments' descriptors as float16 little-endian, row-major `(num_segments, dim)`,
 row i for segment id i (`decode_descriptors`)."""
@@ -76,6 +80,35 @@ MARKERS_AT_ONCE = 32
 held at once stays bounded (32 markers of 1,000 files are about 3 MB of JSON)."""
 Covered = tuple[str, str, SourceFile]
 """A file a finished shard covers, as `(key, shard, file)`: ordered by key first, as `heapq.merge` takes them."""
+
+
+class FailureLog:
+    """The images a run could not label, one JSON object a line in a file under the output (`failure_log`), written
+    as the shards' failures come: what is held is one shard's. The file is made at the first failure: a run that
+    labeled every image writes none."""
+
+    def __init__(self, location: Location, name: str) -> None:
+        self.location, self.name = location, name
+        self.count = 0
+        self._file: Any = None
+
+    def add(self, shard: str, failures: Iterable[dict[str, Any]]) -> None:
+        """Append `failures` (as `OutputDataset.write` returns them) of the shard `shard`."""
+        for failure in failures:
+            if self._file is None:
+                self.location.fs.makedirs(self.location.path(RUNS), exist_ok=True)
+                self._file = self.location.fs.open(self.location.path(self.name), "wb")
+            self._file.write(json.dumps({**failure, "shard": shard}).encode() + b"\n")
+            self.count += 1
+
+    @property
+    def uri(self) -> str:
+        """The file's URI; "" while there is none (no failure yet)."""
+        return self.location.uri(self.name) if self._file is not None else ""
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 class OutputConflict(RuntimeError):
@@ -199,9 +232,11 @@ class OutputDataset:
 
     def write(self, shard: str, rows: Sequence[Any], provenance: dict[str, Any]) -> dict[str, Any]:
         """Write the shard's mask file (`rows` as `encode_shard` takes them) in one piece, then its marker, and
-        return the marker. A retry after a crash between the two rewrites the same file name, so a shard never
-        appears twice. The marker lists the input files the shard covers (`provenance["shard"]["files"]`, when
-        given), so that the next run knows them from the markers alone (`covered`)."""
+        return the marker with `failures` added: the shard's rows that are not `ok`, as `{"image_id", "source_uri",
+        "error"}` (the driver's `FailureLog`; the marker file stays small without them). A retry after a crash
+        between the two writes rewrites the same file name, so a shard never appears twice. The marker lists the
+        input files the shard covers (`provenance["shard"]["files"]`, when given), so that the next run knows them
+        from the markers alone (`covered`)."""
         self.location.write(mask_file(shard), encode_shard(rows, provenance, self.schema))
         marker = {"shard": shard, "file": mask_file(shard), "rows": len(rows),
                   "images_ok": sum(row.status == "ok" for row in rows),
@@ -211,7 +246,9 @@ class OutputDataset:
         if covered is not None:
             marker["files"] = [{key: file.get(key) for key in ("key", "size", "etag", "mtime")} for file in covered]
         self.location.write(f"{DONE}/{shard}.json", json.dumps(marker).encode())
-        return marker
+        failures = [{"image_id": row.image_id, "source_uri": row.source_uri, "error": row.error} for row in rows
+                    if row.status != "ok"]
+        return {**marker, "failures": failures}
 
     def shard_uri(self, shard: str) -> str:
         """The URI of the shard's mask file."""
@@ -321,6 +358,15 @@ class OutputDataset:
         if unfinished:
             self.location.fs.rm([self.location.path(key) for key in unfinished])
         return unfinished
+
+    @contextmanager
+    def failure_log(self, run_id: str) -> Iterator[FailureLog]:
+        """The `FailureLog` of the run `run_id`, closed (its file complete) when the block ends."""
+        log = FailureLog(self.location, f"{RUNS}/{run_id}.failures.jsonl")
+        try:
+            yield log
+        finally:
+            log.close()
 
     def write_changes(self, run_id: str, changes: dict[str, Any]) -> str:
         """Write `changes` (what a run found changed or vanished in the input) as `_changes/RUN_ID.json`; returns

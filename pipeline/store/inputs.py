@@ -27,6 +27,8 @@ ID_COLUMN = "key"
 """Column used for image ids of Parquet inputs when present and no column is named (img2dataset's)."""
 PAGE = 1000
 """Keys an object store lists per request (S3's most): what a flat listing takes at once."""
+IGNORED_NAMED = 5
+"""Ignored files a listing keeps the keys of (`Listing.ignored_keys`); the rest are only counted."""
 
 _SUFFIX_FORMATS = {**{suffix: "images" for suffix in IMAGE_SUFFIXES}, ".tar": "tar", ".parquet": "parquet"}
 
@@ -90,8 +92,8 @@ class Listing:
     """The input files of one kind under an input, read as the store lists them: iterating (once) yields them
     sorted by key, one folder listing at a time, so the first shards can start while the rest is listed.
 
-    `format` is resolved from the first file of a known kind (`listing` reads up to it); `ignored` is final only
-    once the iteration ended.
+    `format` is resolved from the first file of a known kind (`listing` reads up to it); `ignored` and
+    `ignored_keys` are final only once the iteration ended.
 
     Raises (while iterating):
         InputError: with `input_format="auto"`, a file of another kind than the first ones.
@@ -102,6 +104,9 @@ class Listing:
         self.format = input_format
         self.ignored = 0
         """Files under the input that are not of its kind (other extensions, hidden files): counted, never read."""
+        self.ignored_keys: list[str] = []
+        """The first `IGNORED_NAMED` of them, in key order; never all (an img2dataset folder has a .txt and a .json
+        beside every image: twice as many keys as images)."""
         self._auto = input_format == "auto"
         self._files = self._select()
         self._head: list[SourceFile] = []
@@ -137,6 +142,8 @@ class Listing:
                     raise InputError(f"{self.source.url} holds {' and '.join(sorted((self.format, kind)))} files; "
                                      "choose one with --input-format")
                 self.ignored += 1
+                if len(self.ignored_keys) < IGNORED_NAMED:
+                    self.ignored_keys.append(key)
                 continue
             kept += 1
             etag = _etag(info)

@@ -134,3 +134,14 @@ def test_bench_cluster(tmp_path, ray_cluster):
     assert result["descriptors"] == 2000 and result["shards"] == 4 and result["failed"] == 0
     assert_measured(result, ["images", "sample", "write_input_s", "sample_s", "train_s", "assign_s", "total_s",
                              "driver_peak_mib", "worker_peak_mib"])
+
+
+def test_bench_cuts(tmp_path):
+    figures = bench("bench_cuts", "--grids", "12", "--noises", "0.3", "--seeds", "1", out=tmp_path / "figures.json")
+    assert [case["family"] for case in figures["cases"]] == ["rectangles", "voronoi", "nested"]
+    for case in figures["cases"]:
+        for method in ("diffcut", "kway"):
+            assert case[method]["segments"] >= 1 and 0 <= case[method]["miou"] <= 1
+            assert_measured(case[method], ["seconds"])
+        assert case["kway"]["ncut"] >= 0 and case["diffcut"]["ncut"] >= 0
+    assert figures["targets"][0]["target"] == "K-way NCut value never above DiffCut's"

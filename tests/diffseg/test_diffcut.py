@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from diffseg import DiffSegConfig, diffcut, segment_from_features
 from diffseg.diffcut import DETAIL_SCALE, PIXELS_PER_TOKEN, segment_features, segment_features_scored
-from diffseg.ncut import segment_tokens
+from diffseg.ncut import affinity_matrix, recursive_cuts, segment_tokens
 from tests.diffseg.planted import matched_miou, planted_features, quadrants
 
 DIFFCUT = DiffSegConfig(method="diffcut")
@@ -101,7 +101,9 @@ def test_well_separated_segments_are_stable_and_confident():
 
 def separate_recursions(tokens, taus, alpha):
     """What `segment_features_scored` did before it pruned one recursion: one recursive cut per threshold."""
-    return [segment_tokens(tokens, tau, alpha) for tau in taus]
+    h, w, channels = tokens.shape
+    affinity = affinity_matrix(tokens.reshape(h * w, channels), alpha)
+    return [recursive_cuts(affinity, tau).labels(tau).reshape(h, w) for tau in taus]
 
 
 @pytest.mark.parametrize("pamr", [False, True])
@@ -113,7 +115,7 @@ def test_scores_are_those_of_one_recursion_per_threshold(pamr, monkeypatch):
               for _ in features]
     sizes = [(35, 45), (56, 72)]
     pruned = segment_features_scored(features, config, sizes, images)
-    monkeypatch.setattr(diffcut, "segment_tokens_multi", separate_recursions)
+    monkeypatch.setattr(diffcut.ncut, "segment_tokens_multi", separate_recursions)
     separate = segment_features_scored(features, config, sizes, images)
     assert any((result.stability < 1).any() for result in separate)
     for a, b in zip(pruned, separate):

@@ -1,4 +1,7 @@
-"""DiffCut end to end with the built-in tiny models (SD 1.x and SDXL layouts)."""
+"""DiffCut, and the K-way cut on its features, end to end with the built-in tiny models (SD 1.x and SDXL
+layouts)."""
+
+import dataclasses
 
 import pytest
 import torch
@@ -12,9 +15,11 @@ SETTINGS = DiffSegConfig(method="diffcut", resolution=256, ncut_threshold=1.0)
 """8 tokens along the longer side; tau 1.0 so that the random-weight features are cut into several segments."""
 
 
-@pytest.fixture(scope="module", params=["tiny", "tiny-xl"])
+@pytest.fixture(scope="module", params=[("tiny", "diffcut"), ("tiny-xl", "diffcut"), ("tiny", "kway")],
+                ids=lambda param: "-".join(param))
 def diffcut(request) -> DiffSeg:
-    return DiffSeg.from_pretrained(request.param, config=SETTINGS, device="cpu")
+    model, method = request.param
+    return DiffSeg.from_pretrained(model, config=dataclasses.replace(SETTINGS, method=method), device="cpu")
 
 
 def test_masks_have_each_images_original_size(diffcut):
@@ -30,7 +35,7 @@ def test_features_are_one_layers_output_on_a_non_square_token_grid(diffcut):
     assert image.pixels.shape[-2:] == (192, 256)
     width = feature_layer(diffcut.model.unet).to_out[0].out_features
     assert features.shape == (1, 6, 8, width)
-    labels = segment_from_features(features[0], SETTINGS, image.mask_size)
+    labels = segment_from_features(features[0], diffcut.config, image.mask_size)
     assert torch.equal(diffcut.segment([photo(320, 240, seed=3)])[0], labels)
 
 
@@ -45,7 +50,7 @@ def test_results_do_not_depend_on_batch_companions(diffcut):
 
 def test_results_are_deterministic_across_segmenters(diffcut):
     image = photo(160, 96, seed=7)
-    again = DiffSeg(diffcut.model, SETTINGS)
+    again = DiffSeg(diffcut.model, diffcut.config)
     assert torch.equal(diffcut.segment([image])[0], again.segment([image])[0])
 
 

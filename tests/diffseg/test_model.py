@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, EulerDiscreteScheduler
+from diffusers import AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler
 from huggingface_hub import constants
 
 from diffseg import DiffSeg, ModelLoadError, builtin
@@ -167,6 +167,21 @@ def test_an_sd_vae_follows_the_requested_dtype():
     """SD 1.x VAE configs carry `force_upcast` only as diffusers' default; SD pipelines keep them in fp16."""
     half = load_model("tiny", dtype=torch.float16)
     assert half.vae.config.force_upcast and half.vae.dtype == torch.float16
+
+
+def test_loading_in_fp16_logs_no_notice_about_float32_modules_the_model_has_none_of(tiny_folder, caplog):
+    """diffusers warns on every `to(dtype)` that modules kept in float32 could be cast, listing none for SD's UNet
+    and VAE: the built-in model casts both, a folder its VAE (read in fp32)."""
+    load_model("tiny", dtype=torch.float16)
+    load_model(str(tiny_folder), dtype=torch.float16)
+    assert not [message for message in caplog.messages if "should be kept in float32" in message]
+
+
+def test_a_model_that_keeps_modules_in_float32_still_warns_when_cast(monkeypatch, caplog):
+    monkeypatch.setattr(AutoencoderKL, "_keep_in_fp32_modules", ["quant_conv"])
+    load_model("tiny", dtype=torch.float16)
+    assert [record.levelname for record in caplog.records
+            if "AutoencoderKL that should be kept in float32: ['quant_conv']" in record.getMessage()] == ["WARNING"]
 
 
 def test_the_noise_schedule_is_ddim_with_trailing_spacing_from_the_folder_config(tiny_xl_folder, tmp_path):

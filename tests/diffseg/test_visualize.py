@@ -37,6 +37,14 @@ def test_palette_colors_are_stable_and_distinct():
     assert len({tuple(c) for c in colors}) == 40
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_model_pixels_become_the_rgb_image_they_encode(dtype):
+    pixels = torch.tensor([[[-1.0, 1.0]], [[0.0, 1.0]], [[1.0, -1.0]]], dtype=dtype)  # (3, 1, 2)
+    image = to_image(pixels)
+    assert image.mode == "RGB" and image.size == (2, 1)
+    assert np.asarray(image).tolist() == [[[0, 128, 255], [255, 255, 0]]]
+
+
 def test_overlay_blends_the_label_colors_at_the_image_size():
     image = to_image(torch.full((3, 8, 12), -1.0))  # black
     labels = torch.zeros(4, 6, dtype=torch.int64)

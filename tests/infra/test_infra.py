@@ -1,7 +1,7 @@
 """The cluster and container definitions under infra/ against the job they run.
 
 Fast and offline (no docker, kubectl, cloud or network): every YAML parses into the expected kinds; every
-`python jobs/label.py ...` command written in infra/ and in the READMEs is accepted by the job's own
+`python jobs/label.py ...` command written in infra/, the READMEs and docs/ is accepted by the job's own
 argument parser (a renamed or removed flag fails here, not on a cluster); the job's GPU and CPU requests fit
 the workers that the KubeRay specs and the cluster launcher define, as the driver itself computes them; the
 specs agree with each other and with the Dockerfile (image, Ray version, model cache); no credential is
@@ -103,7 +103,7 @@ def commands_in(text: str) -> list[str]:
 
 def job_commands() -> list[tuple[str, str]]:
     """(file, command) for every job command in infra/ (YAML values and comments, scripts, Dockerfile,
-    README code blocks) and in the main README's code blocks."""
+    README code blocks) and in the code blocks of the main README and docs/."""
     found = []
     for path in sorted(p for p in INFRA.rglob("*") if p.is_file()):
         text = path.read_text(errors="replace")
@@ -118,8 +118,9 @@ def job_commands() -> list[tuple[str, str]]:
         else:
             continue
         found += [(str(path.relative_to(ROOT)), command) for command in dict.fromkeys(commands)]
-    readme = ROOT / "README.md"
-    found += [("README.md", c) for c in dict.fromkeys(commands_in(uncommented(code_blocks(readme.read_text()))))]
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        commands = commands_in(uncommented(code_blocks(doc.read_text())))
+        found += [(str(doc.relative_to(ROOT)), c) for c in dict.fromkeys(commands)]
     return found
 
 
@@ -307,7 +308,7 @@ COMMANDS = job_commands()
 def test_job_commands_are_found_where_expected():
     sources = {source for source, _ in COMMANDS}
     for expected in ("infra/kuberay/rayjob.yaml", "infra/cluster-aws.yaml", "infra/local_cluster.py",
-                     "infra/README.md", "README.md"):
+                     "infra/README.md", "README.md", "docs/models.md"):
         assert expected in sources, f"no `python jobs/label.py ...` command found in {expected}"
 
 

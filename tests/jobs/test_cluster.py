@@ -16,6 +16,7 @@ from pipeline.clustering.output import CLASS_SCHEMA
 from pipeline.store.dataset import OutputDataset, decode_mask
 from pipeline.store.location import Location
 from synthetic.datasets import coco_stuff, regions_label
+from tests.jobs.stores import NO_CREDENTIALS, without_credentials
 from tests.pipeline.clustering.data import PlantedImage, random_images, write_output
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,8 +24,18 @@ CLUSTER, EVALUATE, LABEL = (str(ROOT / "jobs" / name) for name in ("cluster.py",
 FAST = ["--num-actors", "1", "--cpus-per-actor", "1", "--memory-per-actor", "0", "--no-progress"]
 
 
-def run(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=timeout)
+def run(script: str, *args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def refused_at_once(*args: str, env: dict | None = None) -> str:
+    """The one stderr line of a cluster run refused with exit status 2 before Ray started."""
+    started = time.monotonic()
+    result = run(CLUSTER, *args, "--classes", "3", "--no-progress", timeout=60, env=env)
+    assert result.returncode == 2, result.stderr
+    assert time.monotonic() - started < 20 and "Ray" not in result.stderr + result.stdout
+    assert len(result.stderr.splitlines()) == 1
+    return result.stderr.strip()
 
 
 def summary_of(result: subprocess.CompletedProcess) -> dict:
@@ -67,6 +78,23 @@ def test_an_input_that_is_not_a_labeling_output_is_one_line_and_exit_two(tmp_pat
     result = run(CLUSTER, "--input", str(tmp_path / "photos"), "--output", str(tmp_path / "out"), "--classes", "3")
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {tmp_path / 'photos'}: not a labeling job's output (no _diffseg.json)"
+
+
+def test_an_input_or_output_that_is_a_file_is_one_line_before_ray_starts(tmp_path):
+    write_output(tmp_path / "masks", random_images(4, 3), shards=1, classes=3)
+    (tmp_path / "file").write_text("")
+    assert refused_at_once("--input", str(tmp_path / "masks"), "--output", str(tmp_path / "file")) == (
+        f"error: --output {tmp_path / 'file'} is a file; give a folder (a new one, or an earlier run's output to go "
+        "on with it)")
+    assert refused_at_once("--input", str(tmp_path / "file"), "--output", str(tmp_path / "out")) == (
+        f"error: --input {tmp_path / 'file'} is a file; give the folder of a labeling output made with --descriptors")
+
+
+def test_s3_without_credentials_is_one_line_before_ray_starts(tmp_path, s3_endpoint):
+    options = json.dumps({"client_kwargs": {"endpoint_url": s3_endpoint}})
+    assert refused_at_once("--input", "s3://nope/masks", "--output", str(tmp_path / "out"), "--storage-options",
+                           options, env=without_credentials(tmp_path)) == (
+        f"error: --input s3://nope/masks: {NO_CREDENTIALS}")
 
 
 @pytest.mark.integration

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -11,6 +12,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from synthetic.datasets import coco_stuff
+from tests.jobs.stores import NO_CREDENTIALS, without_credentials
 
 ROOT = Path(__file__).resolve().parents[2]
 EVALUATE, LABEL = str(ROOT / "jobs" / "evaluate.py"), str(ROOT / "jobs" / "label.py")
@@ -31,7 +33,8 @@ def summary_of(result: subprocess.CompletedProcess) -> dict:
 @pytest.mark.parametrize("args, message", [
     (["--dataset", "ade20k"], "error: argument --dataset: invalid choice: 'ade20k'"),
     (["--limit", "0"], "error: --limit must be at least 1, got 0"),
-    (["--method", "kmeans-c", "--sweep", "0.9,1.1"], "error: a threshold sweep applies to the diffseg and diffcut"),
+    (["--method", "kmeans-c", "--sweep", "0.9,1.1"],
+     "error: a threshold sweep applies to the diffseg, diffcut and kway"),
     (["--predictions", "masks/", "--method", "kmeans-s"], "error: --predictions scores masks that exist"),
     (["--root", "/nowhere"], "error: no images under file:///nowhere/images/val2017"),
     (["--protocol", "global"], "error: argument --protocol: invalid choice: 'global'"),
@@ -45,6 +48,46 @@ def test_bad_arguments_are_one_line_and_exit_two(tmp_path, args, message):
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(message) and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_help_answers_at_once_without_importing_torch():
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-X", "importtime", EVALUATE, "--help"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and "--predictions" in result.stdout
+    imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if line.startswith("import time")}
+    assert "numpy" in imported and not imported & {"torch", "diffusers", "transformers", "pipeline.evaluation.scoring"}
+    assert time.monotonic() - started < 3
+
+
+def test_a_scores_file_that_exists_is_never_overwritten(tmp_path):
+    coco_stuff(tmp_path / "coco")
+    (tmp_path / "scores.csv").write_text("an earlier run's scores")
+    result = run(EVALUATE, "--dataset", "coco-stuff-27", "--root", str(tmp_path / "coco"), "--scores",
+                 str(tmp_path / "scores.csv"), *TINY, *CPU)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"error: --scores {tmp_path / 'scores.csv'} exists; choose another file "
+                                          "with --scores, or remove it"]
+    assert (tmp_path / "scores.csv").read_text() == "an earlier run's scores"
+
+
+def test_a_report_folder_that_is_a_file_is_refused_before_scoring(tmp_path):
+    coco_stuff(tmp_path / "coco")
+    (tmp_path / "file").write_text("")
+    result = run(EVALUATE, "--dataset", "coco-stuff-27", "--root", str(tmp_path / "coco"), "--report",
+                 str(tmp_path / "file"), *TINY, *CPU, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"error: --report {tmp_path / 'file'} is a file; give a folder (new or "
+                                          "empty)"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_dataset_on_s3_without_credentials_is_one_line_and_exit_two(tmp_path, s3_endpoint):
+    result = run(EVALUATE, "--dataset", "coco-stuff-27", "--root", "s3://nope/coco", "--storage-options",
+                 json.dumps({"client_kwargs": {"endpoint_url": s3_endpoint}}), *TINY, *CPU, cwd=tmp_path,
+                 env=without_credentials(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"error: --root s3://nope/coco: {NO_CREDENTIALS}"]
 
 
 @pytest.mark.integration
@@ -102,9 +145,10 @@ def test_a_labeling_jobs_output_scores_as_the_model_does(tmp_path, ray_cluster):
 
 
 @pytest.mark.integration
-def test_diffcut_on_an_sdxl_model_labels_scores_and_exports_end_to_end(tmp_path, ray_cluster):
+@pytest.mark.parametrize("method", ["diffcut", "kway"])
+def test_a_feature_method_on_an_sdxl_model_labels_scores_and_exports_end_to_end(tmp_path, ray_cluster, method):
     coco_stuff(tmp_path / "coco", sizes=((96, 64), (64, 80), (72, 72)))
-    diffcut = ["--method", "diffcut", "--model", "tiny-xl", "--resolution", "256", "--ncut-threshold", "1.0",
+    diffcut = ["--method", method, "--model", "tiny-xl", "--resolution", "256", "--ncut-threshold", "1.0",
                "--crop", "center", "--no-progress"]
     labeled = run(LABEL, "--input", str(tmp_path / "coco" / "images" / "val2017"), "--output", str(tmp_path / "masks"),
                   "--num-actors", "1", "--cpus-per-actor", "1", "--gpus-per-actor", "0", *diffcut)
@@ -116,8 +160,8 @@ def test_diffcut_on_an_sdxl_model_labels_scores_and_exports_end_to_end(tmp_path,
     direct = run(EVALUATE, *dataset, *diffcut, *CPU, "--scores", str(tmp_path / "d.parquet"),
                  env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert direct.returncode == 0, direct.stderr
-    from_job = summary_of(scored)["results"]["diffcut (predictions)"]
-    from_model = summary_of(direct)["results"]["diffcut tau=1"]
+    from_job = summary_of(scored)["results"][f"{method} (predictions)"]
+    from_model = summary_of(direct)["results"][f"{method} tau=1"]
     assert from_job["images"] == from_model["images"] == 3
     assert (from_job["accuracy"], from_job["miou"]) == (from_model["accuracy"], from_model["miou"])
     assert all(0 < row["pixels"] <= 256 * 256 for row in pq.read_table(tmp_path / "d.parquet").to_pylist())
@@ -127,7 +171,7 @@ def test_diffcut_on_an_sdxl_model_labels_scores_and_exports_end_to_end(tmp_path,
                 "--scores", str(tmp_path / "s.parquet"))
     assert small.returncode == 0, small.stderr
     rows = pq.read_table(tmp_path / "s.parquet").to_pylist()
-    assert {row["variant"] for row in rows} == {"diffcut tau=0.5 pamr", "diffcut tau=1 pamr"}
+    assert {row["variant"] for row in rows} == {f"{method} tau=0.5 pamr", f"{method} tau=1 pamr"}
     assert len(rows) == 6 and all(0 < row["pixels"] <= 128 * 128 for row in rows)
 
     exported = subprocess.run([sys.executable, str(ROOT / "jobs" / "export.py"), str(tmp_path / "masks"), "--out",

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from pipeline.labeling.worker import LabelWorker, Placement, WorkerSettings
 from pipeline.store.dataset import OutputDataset, decode_mask
 from pipeline.store.location import Location
 from synthetic.photos import photo
+from tests.jobs.stores import at_endpoint, does_not_answer, nothing_listening
 from tests.pipeline.export.data import (
     blocks,
     output_with_lost_photos,
@@ -152,6 +154,29 @@ def test_an_unreadable_output_is_one_line_and_exit_two(tmp_path):
     result = export(tmp_path / "missing", tmp_path / "png")
     assert result.returncode == 2 and result.stderr.startswith("error:")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_file_for_out_or_for_the_output_is_one_line_and_exit_two(tmp_path):
+    write_files(tmp_path / "in", good_images(1))
+    label_in_process(tmp_path / "in", tmp_path / "out", DiffSegConfig(resolution=RESOLUTION))
+    (tmp_path / "file").write_text("")
+    for output, out, line in [
+            (tmp_path / "out", tmp_path / "file", f"error: --out {tmp_path / 'file'} is a file; give a folder (new or "
+                                                  "empty)"),
+            (tmp_path / "file", tmp_path / "png", f"error: {tmp_path / 'file'} is a file; give the folder of a "
+                                                  "labeling job's output")]:
+        result = export(output, out)
+        assert result.returncode == 2 and result.stderr.splitlines() == [line]
+    assert not (tmp_path / "png").exists()
+
+
+def test_an_s3_endpoint_that_does_not_answer_is_one_line_in_seconds(tmp_path):
+    endpoint = nothing_listening()
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, EXPORT, "s3://nope/masks", "--out", str(tmp_path / "png"),
+                             "--storage-options", at_endpoint(endpoint)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and time.monotonic() - started < 20
+    assert result.stderr.splitlines() == [f"error: s3://nope/masks: {does_not_answer(endpoint, 'nope/masks')}"]
 
 
 @pytest.mark.integration

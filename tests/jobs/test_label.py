@@ -1,5 +1,6 @@
 """`jobs/label.py` as users run it: a subprocess, on its own or through `ray job submit`."""
 
+import importlib.util
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import pytest
 from pipeline.store.dataset import decode_descriptors
 from synthetic.photos import photo
 from tests.cluster import free_port, start_ray_head, stop
+from tests.jobs.stores import NO_CREDENTIALS, at_endpoint, does_not_answer, nothing_listening, without_credentials
 from tests.pipeline.labeling.data import encoded, good_images, read_output, tar_bytes, write_files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,8 +24,18 @@ LABEL = str(ROOT / "jobs" / "label.py")
 FAST = ["--model", "tiny", "--resolution", "256", "--num-actors", "1", "--cpus-per-actor", "1", "--no-progress"]
 
 
-def label(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, LABEL, *args], capture_output=True, text=True, timeout=timeout)
+def label(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, LABEL, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def refused_before_ray(*args: str, env: dict | None = None) -> str:
+    """The one stderr line of a run refused with exit status 2 before Ray started (nor any model was loaded)."""
+    started = time.monotonic()
+    result = label(*args, "--no-progress", timeout=60, env=env)
+    assert result.returncode == 2, result.stderr
+    assert time.monotonic() - started < 20 and "Ray" not in result.stderr + result.stdout
+    assert len(result.stderr.splitlines()) == 1
+    return result.stderr.strip()
 
 
 def summary_of(result: subprocess.CompletedProcess) -> dict:
@@ -63,9 +75,64 @@ def test_an_unreadable_input_is_one_line_and_exit_two(tmp_path):
     assert result.stderr.strip() == f"error: {tmp_path / 'missing'} does not exist"
 
 
+def test_an_input_or_output_that_is_a_file_is_refused_before_ray_starts(tmp_path):
+    (tmp_path / "file").write_text("")
+    samples, file = str(ROOT / "samples"), str(tmp_path / "file")
+    assert refused_before_ray("--input", samples, "--output", file, "--model", "tiny") == (
+        f"error: --output {file} is a file; give a folder (a new one, or an earlier run's output to go on with it)")
+    assert refused_before_ray("--input", f"{samples}/chelsea.jpg", "--output", str(tmp_path / "out"), "--model",
+                              "tiny") == (
+        f"error: --input {samples}/chelsea.jpg is a file; give the folder or prefix that holds the images, tar or "
+        "Parquet files (to label one file, put it in a folder of its own)")
+
+
+def test_a_model_path_that_is_no_model_folder_is_refused_before_ray_starts(tmp_path):
+    (tmp_path / "empty").mkdir()
+    where = ["--input", str(ROOT / "samples"), "--output", str(tmp_path / "out")]
+    assert refused_before_ray(*where, "--model", str(tmp_path / "missing")) == (
+        f"error: --model {tmp_path / 'missing'}: no such folder; give a folder in the diffusers layout, a Hub id, or "
+        "tiny for a smoke run")
+    assert refused_before_ray(*where, "--model", str(tmp_path / "empty")) == (
+        f"error: --model {tmp_path / 'empty'} is not a diffusers model folder (no model_index.json nor unet/ in it); "
+        "give the folder that holds them")
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_folders_hub_ids_and_built_ins_pass_the_model_check(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("label_script", LABEL)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    (tmp_path / "sd" / "unet").mkdir(parents=True)
+    (tmp_path / "xl").mkdir()
+    (tmp_path / "xl" / "model_index.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    for model in [str(tmp_path / "sd"), "./xl", "xl", "tiny", "acme/not-here", "gpt2"]:
+        script.check_model(model)
+    for model in ["./missing", "../missing", "~/missing-model-folder", "a/b/c", str(tmp_path)]:
+        with pytest.raises(ValueError, match=r"^--model "):
+            script.check_model(model)
+
+
+def test_s3_without_credentials_is_one_line_before_ray_starts(tmp_path, s3_endpoint):
+    env = without_credentials(tmp_path)
+    given = ["--model", "tiny", "--storage-options", json.dumps({"client_kwargs": {"endpoint_url": s3_endpoint}})]
+    assert refused_before_ray("--input", "s3://nope/x", "--output", str(tmp_path / "out"), *given, env=env) == (
+        f"error: --input s3://nope/x: {NO_CREDENTIALS}")
+    assert refused_before_ray("--input", str(ROOT / "samples"), "--output", "s3://nope/out", *given, env=env) == (
+        f"error: --output s3://nope/out: {NO_CREDENTIALS}")
+
+
+def test_an_s3_endpoint_that_does_not_answer_is_one_line_before_ray_starts(tmp_path):
+    endpoint = nothing_listening()
+    assert refused_before_ray("--input", "s3://nope/x", "--output", str(tmp_path / "out"), "--model", "tiny",
+                              "--storage-options", at_endpoint(endpoint)) == (
+        f"error: --input s3://nope/x: {does_not_answer(endpoint, 'nope/x')}")
+
+
 @pytest.mark.integration
 def test_a_failed_shard_gives_exit_one_and_a_summary(tmp_path, ray_cluster):
-    (tmp_path / "in").mkdir()
+    write_files(tmp_path / "in", {name: b"" for name in (".hidden.tar", "a.json", "b.json", "c.json", "d.json",
+                                                        "notes.txt")})
     (tmp_path / "in" / "good.tar").write_bytes(tar_bytes(good_images(2)))
     (tmp_path / "in" / "broken.tar").write_bytes(b"\x00garbage" * 200)
     result = label("--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--max-retries", "0", *FAST)
@@ -75,6 +142,10 @@ def test_a_failed_shard_gives_exit_one_and_a_summary(tmp_path, ray_cluster):
                                     "shards_failed")} == {"images_ok": 2, "images_failed": 0, "shards_written": 1,
                                                           "shards_skipped": 0, "shards_failed": 1}
     assert summary["seconds"] > 0 and summary["failed"][0]["shard"] == "broken"
+    assert (summary["files_ignored"], summary["ignored_files"]) == (6, [".hidden.tar", "a.json", "b.json", "c.json",
+                                                                        "d.json"])
+    assert result.stderr.splitlines()[-1].endswith("; 6 file(s) under the input ignored (hidden, or not of the "
+                                                   "input's kind): .hidden.tar, a.json, b.json, c.json, d.json, ...")
 
 
 @pytest.mark.integration
@@ -129,28 +200,32 @@ def test_actors_the_cluster_cannot_host_are_refused_at_once_or_after_the_startup
     refused = label(*args)
     assert refused.returncode == 2 and time.monotonic() - started < 60
     assert re.fullmatch(r"error: --num-actors 1: the cluster can host 0 actor\(s\) of 1 CPU\(s\), 1 GPU\(s\) and "
-                        r"1 GiB memory now \(node [^:]+: 8 CPU, 0 GPU, [\d.]+ GiB; free: .*\); try --gpus-per-actor 0 "
-                        r"\(CPU actors\), or --startup-timeout to let an autoscaler add nodes\n", refused.stderr), \
-        refused.stderr
+                        r"2 GiB memory now \(node [^:]+: 8 CPU, 0 GPU, [\d.]+ GiB; free: .*\); try --gpus-per-actor 0 "
+                        r"\(CPU actors\), or --startup-timeout to let an autoscaler add nodes",
+                        refused.stderr.splitlines()[-1]), refused.stderr
     started = time.monotonic()
     waited = label(*args, "--startup-timeout", "5")
     assert waited.returncode == 2 and time.monotonic() - started >= 5
-    assert waited.stderr.strip().startswith("error: the cluster did not start 1 actor(s) of 1 CPU(s), 1 GPU(s) and "
-                                            "1 GiB memory within --startup-timeout 5 s (1 not placed; node ")
+    assert waited.stderr.splitlines()[-1].startswith(
+        "error: the cluster did not start 1 actor(s) of 1 CPU(s), 1 GPU(s) and 2 GiB memory within --startup-timeout "
+        "5 s (1 not placed; node ")
     assert not list((tmp_path / "out").glob("*.parquet"))
 
 
 @pytest.mark.integration
 def test_more_actors_than_a_local_machine_hosts_are_refused_in_one_line(tmp_path):
-    """The command of the issue that hung: a private local Ray, default CPUs per actor (a whole node each)."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    """The command of the issue that hung: a private local Ray, default CPUs per actor (a whole node each). Run as a
+    user runs it, without the suite's Ray token settings: the first line names the cluster, and Ray warns of
+    nothing (no token-authentication notice)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     started = time.monotonic()
     result = subprocess.run([sys.executable, LABEL, "--input", str(ROOT / "samples"), "--output", str(tmp_path / "out"),
                              "--model", "tiny", "--num-actors", "2", "--shard-size", "1", "--gpus-per-actor", "0",
                              "--no-progress"],
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 2 and time.monotonic() - started < 120
-    assert re.fullmatch(r"error: --num-actors 2: the cluster can host 1 actor\(s\) of .* now \(node .*\); try "
+    assert re.fullmatch(r"Ray: a private local Ray \(ends with this job\); 1 node\(s\), [^\n]*\n"
+                        r"error: --num-actors 2: the cluster can host 1 actor\(s\) of .* now \(node .*\); try "
                         r"--num-actors 1, .*\n", result.stderr), result.stderr
     assert not (tmp_path / "out").exists()
 

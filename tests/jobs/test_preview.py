@@ -2,6 +2,7 @@
 
 import base64
 import io
+import json
 import re
 import subprocess
 import sys
@@ -11,14 +12,33 @@ import pytest
 from PIL import Image
 
 from tests.browser import chromium, colorful_fraction
+from tests.jobs.stores import NO_CREDENTIALS, without_credentials
 from tests.pipeline.labeling.data import BOMB_LIMIT, bad_image_bytes, good_images, tar_bytes, write_files
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(script: str, *args: str) -> subprocess.CompletedProcess:
+def run(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "jobs" / script), *args], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=env)
+
+
+def test_a_file_for_out_or_for_the_output_is_one_line_and_exit_two(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "file").write_text("")
+    for output, out, line in [
+            (tmp_path / "out", tmp_path / "file", f"error: --out {tmp_path / 'file'} is a file; give a folder (new or "
+                                                  "empty)"),
+            (tmp_path / "file", tmp_path / "view", f"error: {tmp_path / 'file'} is a file; give the folder of a "
+                                                   "labeling job's output")]:
+        result = run("preview.py", str(output), "--out", str(out))
+        assert result.returncode == 2 and result.stderr.splitlines() == [line]
+
+
+def test_s3_without_credentials_is_one_line_and_exit_two(tmp_path, s3_endpoint):
+    result = run("preview.py", "s3://nope/masks", "--out", str(tmp_path / "view"), "--storage-options",
+                 json.dumps({"client_kwargs": {"endpoint_url": s3_endpoint}}), env=without_credentials(tmp_path))
+    assert result.returncode == 2 and result.stderr.splitlines() == [f"error: s3://nope/masks: {NO_CREDENTIALS}"]
 
 
 @pytest.mark.integration

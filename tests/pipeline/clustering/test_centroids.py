@@ -32,6 +32,13 @@ def test_spherical_kmeans_finds_the_planted_directions():
     assert matched_accuracy(truth.tolist(), classes.tolist()) == 1.0
 
 
+def test_a_small_sample_trains_without_faiss_warning_about_it(capfd):
+    vectors, truth, _ = planted(60)
+    classes, _ = Nearest(train(vectors.copy(), 6, iterations=20, seed=0))(vectors)
+    assert matched_accuracy(truth.tolist(), classes.tolist()) == 1.0
+    assert capfd.readouterr().err == "", "10 points per class is what the input has: nothing for the user to act on"
+
+
 def test_training_is_reproducible_with_its_seed():
     vectors, _, _ = planted(2_000, classes=8, dim=16, seed=1)
     first = train(vectors.copy(), 8, iterations=5, seed=7)

@@ -63,6 +63,10 @@ def test_planted_classes_get_the_same_id_in_every_image(tmp_path, ray_cluster):
         assert all(0 <= distance <= 0.2 for distance in row["distances"])
     assert matched_accuracy(planted, found) >= 0.95
     assert all(row["error"] == "cannot decode image" for row in rows.values() if row["status"] == "error")
+    assert sorted(failure["image_id"] for failure in summary.failed_images) == sorted(
+        image_id for image_id, row in rows.items() if row["status"] == "error")
+    listed = (tmp_path / "out" / "_runs" / f"{summary.run_id}.failures.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in listed] == summary.failed_images
 
     manifest = json.loads((tmp_path / "out" / MANIFEST).read_text())
     centroids = np.load(tmp_path / "out" / CENTROIDS)

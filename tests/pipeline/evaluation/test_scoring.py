@@ -132,7 +132,7 @@ def test_variants_are_named_and_checked():
         ["diffseg tau=1.1,0.9,0.9"]
     kmeans_s, = variants("kmeans-s", DiffSegConfig())
     assert kmeans_s.config_for(4).num_clusters == 4 and kmeans_s.config_for(0).num_clusters == 1
-    with pytest.raises(ValueError, match="sweep applies to the diffseg and diffcut methods only"):
+    with pytest.raises(ValueError, match="sweep applies to the diffseg, diffcut and kway methods only"):
         variants("kmeans-c", DiffSegConfig(method="kmeans-c"), sweep=(0.9,))
     with pytest.raises(ValueError, match="method must be one of"):
         variants("stego", DiffSegConfig())

@@ -38,7 +38,7 @@ def test_defaults_use_the_gpus_with_their_cpus_when_there_are_some_and_whole_nod
     assert actor_shape([node(2)], "sd", gpus_per_actor=1).cpus == 2, "no GPU node to take the shape from"
     cpu_cluster = [node(0, name="head"), node(4), node(8)]
     assert actor_shape(cpu_cluster, "sd") == ActorShape(4, 0, 6 * GIB), "the smallest node with CPUs"
-    assert actor_shape(cpu_cluster, "tiny").memory == GIB
+    assert actor_shape(cpu_cluster, "tiny").memory == 2 * GIB
     assert actor_shape(cpu_cluster, "sd", gpus_per_actor=0.5, cpus_per_actor=1, memory_per_actor=0) == \
         ActorShape(1, 0.5, 0)
 

@@ -33,9 +33,10 @@ def good_images(count: int, start: int = 0) -> dict[str, bytes]:
 
 
 def bad_images() -> dict[str, str]:
-    """Names of broken images (see `bad_image_bytes`) and a word their error must contain."""
-    return {"bad-truncated.jpg": "cannot decode", "bad-empty.png": "cannot decode",
-            "bad-garbage.png": "cannot decode", "bad-bomb.png": "exceeds the limit",
+    """Names of broken images (see `bad_image_bytes`) and words their error must contain."""
+    return {"bad-truncated.jpg": "cannot decode", "bad-empty.png": "cannot decode image (empty file)",
+            "bad-garbage.png": "cannot decode image (not an image format Pillow reads)",
+            "bad-bomb.png": "exceeds the limit",
             "bad-animated.png": "frames", "bad-mode.tif": "unsupported image mode"}
 
 

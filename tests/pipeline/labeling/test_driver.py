@@ -4,6 +4,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -18,6 +19,7 @@ from PIL import Image
 from diffseg import DiffSegConfig, ModelLoadError
 from pipeline.execution import capacity, executor
 from pipeline.execution.capacity import Actors, ActorShape, JobError
+from pipeline.execution.command import FAILED_NAMED
 from pipeline.labeling import driver
 from pipeline.labeling.driver import run
 from pipeline.labeling.job import LabelJob
@@ -232,6 +234,32 @@ def test_a_shard_that_keeps_failing_is_reported_and_the_others_written(tmp_path)
     assert not (tmp_path / "out" / "_done" / "b.json").exists()
 
 
+def test_the_summary_names_the_first_failed_images_and_a_file_lists_them_all(tmp_path):
+    write_files(tmp_path / "in", {**good_images(3), **bad_image_bytes(), "notes.txt": b"not an image"})
+    summary = run(job(str(tmp_path / "in"), str(tmp_path / "out")), progress=False)
+    assert (summary.images_ok, summary.images_failed, summary.files_ignored) == (3, len(bad_images()), 1)
+    assert summary.ignored_files == ["notes.txt"]
+    assert len(summary.failed_images) == FAILED_NAMED < len(bad_images())
+    for failure in summary.failed_images:
+        name = failure["image_id"]
+        assert bad_images()[name] in failure["error"] and failure["source_uri"].endswith(f"/in/{name}")
+        assert (tmp_path / "out" / f"{failure['shard']}.parquet").exists()
+    first = summary.failed_images[0]
+    assert summary.failures_clause() == (f"; failed images listed in {summary.failed_images_file}, the first: "
+                                         f"{first['image_id']}: {first['error']}")
+    assert summary.failed_images_file == Location(str(tmp_path / "out")).uri(f"_runs/{summary.run_id}.failures.jsonl")
+    listed = [json.loads(line) for line in (tmp_path / "out" / "_runs" / f"{summary.run_id}.failures.jsonl").open()]
+    assert {failure["image_id"]: failure["error"] for failure in listed} == {
+        row["image_id"]: row["error"] for row in read_output(str(tmp_path / "out")) if row["status"] == "error"}
+    assert listed[:FAILED_NAMED] == summary.failed_images, "the first ones named, in the order they were written"
+
+    write_files(tmp_path / "in", good_images(2, start=3))
+    again = run(job(str(tmp_path / "in"), str(tmp_path / "out")), progress=False)
+    assert (again.images_ok, again.failed_images, again.failed_images_file, again.failures_clause()) == (2, [], "", "")
+    assert [path.name for path in (tmp_path / "out" / "_runs").glob("*.failures.jsonl")] == [
+        f"{summary.run_id}.failures.jsonl"]
+
+
 def test_a_model_that_cannot_be_loaded_stops_the_job_before_any_output(tmp_path):
     write_files(tmp_path / "in", good_images(1))
     with pytest.raises(ModelLoadError, match="no-such-model"):
@@ -243,7 +271,7 @@ def test_actors_waiting_for_an_autoscaler_are_reported_until_the_startup_timeout
     write_files(tmp_path / "in", good_images(2))
     monkeypatch.setattr(executor, "REPORT_EVERY", 1.0)
     started = time.monotonic()
-    with pytest.raises(JobError, match=r"^the cluster did not start 1 actor\(s\) of 1 CPU\(s\), 1 GPU\(s\) and 1 GiB "
+    with pytest.raises(JobError, match=r"^the cluster did not start 1 actor\(s\) of 1 CPU\(s\), 1 GPU\(s\) and 2 GiB "
                                        r"memory within --startup-timeout 4 s \(1 not placed; node [^:]+: 8 CPU, "
                                        r"0 GPU, .*; free: .*\)$"):
         run(job(str(tmp_path / "in"), str(tmp_path / "out"), num_actors=1, gpus_per_actor=1, startup_timeout=4),
@@ -252,7 +280,7 @@ def test_actors_waiting_for_an_autoscaler_are_reported_until_the_startup_timeout
     waiting = [line for line in capfd.readouterr().err.splitlines() if line.startswith("waiting for the cluster")]
     assert len(waiting) >= 2, "a line at least every REPORT_EVERY seconds"
     assert waiting[0].startswith("waiting for the cluster: 1 actor(s) not placed yet (1), each needs 1 CPU(s), "
-                                 "1 GPU(s) and 1 GiB memory; node ")
+                                 "1 GPU(s) and 2 GiB memory; node ")
     assert ": 8 CPU, 0 GPU" in waiting[0]
     assert not list((tmp_path / "out").glob("*.parquet"))
 
@@ -299,8 +327,76 @@ def test_a_line_comes_while_no_shard_finishes(tmp_path, monkeypatch, capfd):
     summary = driver.execute(driver.plan(job(str(tmp_path / "in"), str(tmp_path / "out"), num_actors=1)),
                              progress=False, worker=SlowWorker)
     assert summary.images_ok == 1
-    assert "1 shard(s) in progress on 1 actor(s), 0 of 1 done, 0 waiting to be retried; no shard finished in the " \
-           "last 1 s" in capfd.readouterr().err
+    assert "0/1 images, 0.00 image/s; 1 shard(s) in progress on 1 actor(s), 0 of 1 done, 0 waiting to be retried; " \
+           "no image finished in the last 1 s" in capfd.readouterr().err
+
+
+class SlowModel:
+    """The tiny model, taking `SECONDS` per batch of one image, as a full-size model on CPU does."""
+
+    SECONDS = 1.2
+    """More than `executor.PUSH_EVERY`: every image done is reported."""
+
+    def __init__(self, segmenter, dies_at: int | None) -> None:
+        self.segmenter, self.dies_at, self.batches = segmenter, dies_at, 0
+
+    def __getattr__(self, name):
+        return getattr(self.segmenter, name)
+
+    def forward_batch(self, *args, **kwargs):
+        self.batches += 1
+        if self.batches == self.dies_at:
+            time.sleep(2 * SlowModel.SECONDS)  # the images done so far reach the driver
+            os._exit(1)
+        time.sleep(SlowModel.SECONDS)
+        return self.segmenter.forward_batch(*args, **kwargs)
+
+
+class SlowModelWorker(LabelWorker):
+    """A replica of `SlowModel`s; the first one dies at its fourth batch when the file `dies` is beside the
+    output (it is removed then, so the restarted replica lives)."""
+
+    def build_segmenter(self):
+        dies = os.path.join(os.path.dirname(self.placement.destination.root), "dies")
+        dying = os.path.exists(dies)
+        if dying:
+            os.remove(dies)
+        return SlowModel(super().build_segmenter(), dies_at=4 if dying else None)
+
+
+def image_counts(err: str, total: int) -> list[int]:
+    """The images done that each progress line of a job over `total` images says, in order."""
+    return [int(found[1]) for found in re.finditer(rf"^(\d+)/{total} images, ", err, re.MULTILINE)]
+
+
+def test_progress_counts_images_while_the_one_shard_runs(tmp_path, monkeypatch, capfd):
+    write_files(tmp_path / "in", good_images(5))
+    monkeypatch.setattr(executor, "REPORT_EVERY", 1.0)
+    summary = driver.execute(driver.plan(job(str(tmp_path / "in"), str(tmp_path / "out"), num_actors=1,
+                                             shard_size=5)), progress=False, worker=SlowModelWorker)
+    assert summary.images_ok == 5
+    err = capfd.readouterr().err
+    done = image_counts(err, 5)
+    assert any(0 < count < 5 for count in done), f"no count while the shard ran: {err}"
+    assert done == sorted(done)
+    assert re.search(r"^[1-4]/5 images, \d+\.\d\d image/s, \d\d:\d\d left; "
+                     r"1 shard\(s\) in progress on 1 actor\(s\), 0 of 1 done", err, re.MULTILINE)
+    assert "no shard finished" not in err
+
+
+def test_a_shard_retried_after_its_actor_died_counts_its_images_once(tmp_path, monkeypatch, capfd):
+    write_files(tmp_path / "in", good_images(5))
+    (tmp_path / "dies").touch()
+    monkeypatch.setattr(executor, "REPORT_EVERY", 1.0)
+    summary = driver.execute(driver.plan(job(str(tmp_path / "in"), str(tmp_path / "out"), num_actors=1,
+                                             shard_size=5)), progress=False, worker=SlowModelWorker)
+    assert (summary.images_ok, summary.retries) == (5, 1)
+    before, retried, after = capfd.readouterr().err.partition("shard part-00000 will be retried")
+    assert retried, "the actor did not die"
+    lost = max(image_counts(before, 5))
+    assert 0 < lost <= 3, "the dead attempt's images were counted while it ran"
+    assert max(image_counts(after, 5)) <= 5 and min(image_counts(after, 5)) < lost, \
+        "the retry counts its own images, not on top of the dead attempt's"
 
 
 def counts(summary: driver.Summary) -> dict[str, int]:

@@ -1,5 +1,9 @@
 """Ray Data: a labeling output read as a dataset, and `Labeler` as a `map_batches` step, on the local test cluster."""
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 import ray
@@ -69,3 +73,29 @@ def test_read_masks_gives_the_finished_files_rows_with_masks_decoded_on_demand(t
         assert all(s["score"] is not None for s in row["segments"])
     with pytest.raises(StorageError, match="not a labeling job's output"):
         read_masks(str(tmp_path / "in"))
+
+
+def test_reading_masks_logs_no_execution_plan_and_leaves_other_datasets_as_they_were(tmp_path):
+    write_files(tmp_path / "in", good_images(2))
+    out = tmp_path / "out"
+    run(LabelJob(input=str(tmp_path / "in"), output=str(out), model="tiny", config=FAST, num_actors=1,
+                 cpus_per_actor=1, shard_size=4), progress=False)
+    with ray_data_log() as records:
+        assert len(read_masks(str(out), decode=True).take_all()) == 2
+    assert not [record for record in records if "Execution plan" in record.getMessage()]
+    with ray_data_log() as records:
+        assert len(ray.data.range(3).take_all()) == 3
+    assert [record for record in records if "Execution plan" in record.getMessage()]
+
+
+@contextmanager
+def ray_data_log() -> Iterator[list[logging.LogRecord]]:
+    """The records Ray Data logs meanwhile, whatever its console shows (its logger does not propagate)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("ray.data").addHandler(handler)
+    try:
+        yield records
+    finally:
+        logging.getLogger("ray.data").removeHandler(handler)

@@ -31,6 +31,17 @@ def test_gif_files_are_images_like_in_the_cli(tmp_path):
     assert [f.key for f in found.shards[0].files] == ["a.gif", "b.png"] and found.ignored == 1
 
 
+def test_a_listing_counts_every_ignored_file_and_keeps_only_the_first_keys(tmp_path):
+    """img2dataset's layout: a caption .txt and a metadata .json beside every image."""
+    images = good_images(4)
+    write_files(tmp_path, {**images, **{name.rsplit(".", 1)[0] + suffix: b"{}" for name in images
+                                        for suffix in (".txt", ".json")}})
+    found = listing(Location(str(tmp_path)))
+    assert [file.key for file in found] == sorted(images)
+    assert found.ignored == 8 and inputs.IGNORED_NAMED == 5
+    assert found.ignored_keys == ["img-000.json", "img-000.txt", "img-001.json", "img-001.txt", "img-002.json"]
+
+
 def test_records_of_an_image_shard_carry_ids_uris_and_bytes(tmp_path):
     files = good_images(2)
     write_files(tmp_path, files)
