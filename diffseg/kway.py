@@ -111,9 +111,10 @@ def segment_tokens_multi(features: Sequence[torch.Tensor], taus: Sequence[float]
     for index, image in enumerate(features):
         by_grid.setdefault(tuple(image.shape), []).append(index)
     for (h, w, channels), indices in by_grid.items():
-        starts = torch.stack([torch.stack(_starts(features[index], taus, alpha)) for index in indices])  # (B, T, h, w)
         affinity = torch.stack([affinity_matrix(features[index].reshape(h * w, channels), alpha)
                                 for index in indices])
+        starts = torch.stack([torch.stack(_starts(features[index], taus, alpha, matrix))
+                              for index, matrix in zip(indices, affinity)])  # (B, T, h, w)
         for step in range(len(taus)):
             labels, _ = descend(affinity, starts[:, step].reshape(len(indices), h * w), max_steps)
             for index, image_labels in zip(indices, labels):
@@ -121,9 +122,11 @@ def segment_tokens_multi(features: Sequence[torch.Tensor], taus: Sequence[float]
     return results
 
 
-def _starts(features: torch.Tensor, taus: Sequence[float], alpha: float) -> list[torch.Tensor]:
+def _starts(features: torch.Tensor, taus: Sequence[float], alpha: float, affinity: torch.Tensor
+            ) -> list[torch.Tensor]:
     """DiffCut's segments at each of `taus` of the `(h, w, C)` features average-pooled to at most `COARSE_SIDE`
-    tokens a side (ceil mode, so that any grid pools), repeated back to `(h, w)` int64.
+    tokens a side (ceil mode, so that any grid pools), repeated back to `(h, w)` int64; `affinity` is the tokens'
+    own, the one the recursion uses when there is nothing to pool.
 
     DiffCut sets apart, each in a segment of its own, the tokens whose affinity row holds an exact zero (the most
     dissimilar pair of the image, and any value the power flushed to 0). Unpooled, such a token is a fair seed
@@ -135,7 +138,8 @@ def _starts(features: torch.Tensor, taus: Sequence[float], alpha: float) -> list
     pool = -(-max(h, w) // COARSE_SIDE)
     pooled = F.avg_pool2d(features.float().permute(2, 0, 1)[None], pool, ceil_mode=True)[0].permute(1, 2, 0)
     ph, pw = pooled.shape[:2]
-    affinity = affinity_matrix(pooled.reshape(ph * pw, channels), alpha)
+    if pool > 1:
+        affinity = affinity_matrix(pooled.reshape(ph * pw, channels), alpha)
     tree = recursive_cuts(affinity, max(taus))
     starts = []
     for tau in taus:
