@@ -14,6 +14,10 @@ segments (matched accuracy and mIoU, `diffseg.metrics`), segments found and seco
 each marked met or MISSED: K-way value never above DiffCut's, recovery (mean mIoU per family) never below
 DiffCut's, and at 64 x 64 at least 3x faster. On a shared machine the times are the minimum over `--repeat` runs.
 
+Per grid, one more case without planted segments (pure noise, which the unbounded recursion peels apart a few
+tokens at a time): each method's segments, seconds, and whether its cut stopped at its work bound
+(`ncut.MAX_WORK`, `kway.MAX_STEPS`): what one such image costs a labeling job.
+
     python benchmarks/bench_cuts.py [--grids 32 64] [--noises 0.3 0.6] [--seeds 2] [--repeat 1]
                                     [--device cpu|cuda] [--json FILE]
 
@@ -29,6 +33,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -92,7 +97,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(step: Callable[[], torch.Tensor], repeat: int, device: torch.device) -> tuple[torch.Tensor, float]:
+def timed(step: Callable[[], Any], repeat: int, device: torch.device) -> tuple[Any, float]:
     """`step()`'s result and its minimum seconds over `repeat` runs (after a warm-up when repeating)."""
     times, result = [], None
     for _ in range(repeat + (repeat > 1)):
@@ -117,6 +122,20 @@ def run_case(family: str, size: int, noise: float, seed: int, repeat: int, devic
         scores = evaluate([labels.cpu()], [truth], num_classes=row["planted"])
         row[name] = {"ncut": kway.ncut_value(affinity, labels.reshape(-1)).item(), "accuracy": scores["accuracy"],
                      "miou": scores["miou"], "segments": int(labels.max()) + 1, "seconds": seconds}
+    return row
+
+
+def structureless_case(size: int, repeat: int, device: torch.device) -> dict:
+    """Both methods on `(size, size, CHANNELS)` pure noise: segments, seconds and whether the cut stopped at its
+    bound (`ncut.Cut.complete` false)."""
+    features = F.normalize(torch.randn(size, size, CHANNELS, generator=torch.Generator().manual_seed(0)), dim=-1)
+    features = features.to(device)
+    methods = {"diffcut": lambda: ncut.segment_tokens_multi(features, [TAU], ALPHA)[0],
+               "kway": lambda: kway.segment_tokens_multi([features], [TAU], ALPHA)[0][0]}
+    row: dict = {"grid": size}
+    for name, step in methods.items():
+        cut, seconds = timed(step, repeat, device)
+        row[name] = {"segments": int(cut.labels.max()) + 1, "seconds": seconds, "stopped": not cut.complete}
     return row
 
 
@@ -152,7 +171,7 @@ def main() -> None:
     device = torch.device(args.device)
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, device {device}; tau {TAU}, alpha {ALPHA}", flush=True)
-    rows = []
+    rows, structureless = [], []
     for size in args.grids:
         for family in args.families:
             for noise in args.noises:
@@ -163,12 +182,19 @@ def main() -> None:
                           + " | ".join(f"{name}: ncut {row[name]['ncut']:.3f}, acc {row[name]['accuracy']:.3f}, "
                                        f"mIoU {row[name]['miou']:.3f}, {row[name]['segments']} seg, "
                                        f"{row[name]['seconds']:.2f} s" for name in ("diffcut", "kway")), flush=True)
+        noise = structureless_case(size, args.repeat, device)
+        structureless.append(noise)
+        print(f"{size}x{size} noise, nothing planted | " + " | ".join(
+            f"{name}: {noise[name]['segments']} seg, {noise[name]['seconds']:.2f} s, "
+            + ("stopped at its work bound" if noise[name]["stopped"] else "finished") for name in ("diffcut", "kway")),
+              flush=True)
     found = targets(rows)
     for target in found:
         print(f"{'met   ' if target['met'] else 'MISSED'} {target['target']}: {target['detail']}")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": str(device), "threads": torch.get_num_threads(),
-                                               "cases": rows, "targets": found}, indent=2))
+                                               "cases": rows, "structureless": structureless, "targets": found},
+                                              indent=2))
 
 
 if __name__ == "__main__":

@@ -48,7 +48,8 @@ def add_algorithm_arguments(parser: argparse.ArgumentParser, methods: Sequence[s
     parser.add_argument("--alpha", type=float, default=DiffSegConfig.alpha,
                         help="diffcut: exponent of the token affinity (default 10)")
     parser.add_argument("--pamr", action="store_true",
-                        help="diffcut: refine the masks on the image's colours (PAMR), as the paper's best results")
+                        help="diffseg, diffcut, kway: move the masks' edges onto the image's (PAMR on its colours; "
+                             "diffcut: as the paper's best results)")
 
 
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> DiffSegConfig:

@@ -75,9 +75,12 @@ class DiffSegConfig:
     (> 0), which keeps only strong affinities. The paper uses 10."""
 
     pamr: bool = False
-    """DiffCut and kway: refine the label map with PAMR (pixel-adaptive mask refinement on the image's colours, 10
-    iterations, dilations 1, 2, 4, 8, then a 3x3 median) at 4x the feature grid (128 x 128 at 1024 px), as the
-    paper's best results do."""
+    """DiffSeg, DiffCut and kway: refine the label map with PAMR (pixel-adaptive mask refinement on the image's
+    colours, 10 iterations, dilations 1, 2, 4, 8, then a 3x3 median; `pamr.refined_winners`) so that its edges follow
+    the photo's. DiffCut and kway refine at 4x the feature grid (128 x 128 at 1024 px), as the paper's best results
+    do; DiffSeg at 2x its finest attention grid (128 x 128 at 512 px, `segment.PAMR_SCALE`), where PAMR costs less
+    than the rest of its post-processing. DiffSeg's configs describe `pamr` only when it is on, so that those
+    without it keep the hashes they had before (`methods.Method.later_fields`)."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -126,10 +129,13 @@ class DiffSegConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serializable form (tuples as lists) of the settings that apply to the method (see
-        `methods.unused_fields`)."""
-        unused = unused_fields(METHODS[self.method])
+        `methods.unused_fields`), less the method's `later_fields` that are at their default."""
+        method = METHODS[self.method]
+        unused = unused_fields(method)
+        defaults = {field.name: field.default for field in dataclasses.fields(self)}
         return {key: list(value) if isinstance(value, tuple) else value
-                for key, value in dataclasses.asdict(self).items() if key not in unused}
+                for key, value in dataclasses.asdict(self).items()
+                if key not in unused and not (key in method.later_fields and value == defaults[key])}
 
     def config_hash(self) -> str:
         """Short stable hash of the settings, for provenance and output separation."""

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from . import kway, ncut
 from .config import DiffSegConfig
 from .labels import compact, label_map, label_map_with_margins, proposal_table, winning_proposals
-from .pamr import median3x3, pamr
+from .pamr import refined_winners
 from .scores import STABILITY_STEPS, by_label, segment_means, stability
 from .segment import Segmentation
 
@@ -28,6 +28,9 @@ the pixels. The default output size of `segment_from_features` is the token grid
 DETAIL_SCALE = 4
 """The grid PAMR refines on and `stability` compares label maps on, in cells per token along each side: 128 x
 128 at 1024 px, where the paper evaluates and refines."""
+WORK_BOUND = ("the cut stopped at its work bound, leaving fewer segments than --ncut-threshold asks for (features "
+              "with little structure, such as noise)")
+"""`Segmentation.warning` of an image whose cut stopped at its bound (`ncut.MAX_WORK`, `kway.MAX_STEPS`)."""
 
 
 def segment_from_features(features: torch.Tensor, config: DiffSegConfig | None = None,
@@ -71,10 +74,11 @@ def segment_features(features: Sequence[torch.Tensor], config: DiffSegConfig,
     results = []
     features = [normalized(tokens) for tokens in features]
     cuts = token_labels(features, config, [config.ncut_threshold])
-    for index, (tokens, size, (segments,)) in enumerate(zip(features, output_sizes, cuts)):
-        similarity, grid = concept_similarity(tokens, segments)
+    for index, (tokens, size, (cut,)) in enumerate(zip(features, output_sizes, cuts)):
+        similarity, grid = concept_similarity(tokens, cut.labels)
         if config.pamr:
-            results.append(compact(_refined(similarity, grid, images[index], tuple(size)), len(similarity)))
+            results.append(compact(refined_winners(similarity, grid, DETAIL_SCALE, images[index], tuple(size)),
+                                   len(similarity)))
         else:
             results.append(label_map(similarity, grid, tuple(size)))
     return results
@@ -86,23 +90,26 @@ def segment_features_scored(features: Sequence[torch.Tensor], config: DiffSegCon
     """`segment_features` with each segment's `score` and `stability` (`diffseg.scores`): the score is the mean
     margin by which the segment's concept wins its pixels' similarity; the stability compares, on the
     `DETAIL_SCALE` grid, the label maps of the cut thresholds x0.9 and x1.1. All three token label maps come from
-    one recursive cut at the largest threshold (`ncut.segment_tokens_multi`), exactly as three cuts would give."""
+    one recursive cut at the largest threshold (`ncut.segment_tokens_multi`), exactly as three cuts would give,
+    unless it stopped at its work bound: then the image's three maps are the segments it found so far, and its
+    `warning` says so (`WORK_BOUND`)."""
     results = []
     features = [normalized(tokens) for tokens in features]
     cuts = token_labels(features, config, [config.ncut_threshold * step for step in (1.0, *STABILITY_STEPS)])
     for index, (tokens, size, per_tau) in enumerate(zip(features, output_sizes, cuts)):
         size = tuple(size)
-        (similarity, grid), *moved = [concept_similarity(tokens, labels) for labels in per_tau]
+        (similarity, grid), *moved = [concept_similarity(tokens, cut.labels) for cut in per_tau]
         count = len(similarity)
         labels, margins, table = label_map_with_margins(similarity, grid, size)
         if config.pamr:
-            winners = _refined(similarity, grid, images[index], size)
+            winners = refined_winners(similarity, grid, DETAIL_SCALE, images[index], size)
             table = proposal_table(winners, count)
             labels = table.to(labels.dtype)[winners]
         detail = (grid[0] * DETAIL_SCALE, grid[1] * DETAIL_SCALE)
         variants = [(winning_proposals(s, grid, detail), len(s)) for s, _ in moved]
         per_concept = stability(winning_proposals(similarity, grid, detail), count, variants)
-        results.append(Segmentation(labels, segment_means(labels, margins, count), by_label(per_concept, table)))
+        results.append(Segmentation(labels, segment_means(labels, margins, count), by_label(per_concept, table),
+                                    warning=None if per_tau[0].complete else WORK_BOUND))
     return results
 
 
@@ -119,10 +126,10 @@ def scored(evidence: Sequence[torch.Tensor], config: DiffSegConfig, sizes: Seque
 
 
 def token_labels(tokens: Sequence[torch.Tensor], config: DiffSegConfig, taus: Sequence[float]
-                 ) -> list[list[torch.Tensor]]:
-    """Per image of L2-normalized `(h, w, C)` tokens, its int64 `(h, w)` token segments at each of `taus`: by
-    DiffCut's recursive cut (`ncut`), or for the "kway" method by the K-way NCut descent (`kway`) on the same
-    affinity, the images of a batch together."""
+                 ) -> list[list[ncut.Cut]]:
+    """Per image of L2-normalized `(h, w, C)` tokens, its int64 `(h, w)` token segments at each of `taus`, each with
+    whether its cut ended within its work bound: by DiffCut's recursive cut (`ncut`), or for the "kway" method by
+    the K-way NCut descent (`kway`) on the same affinity, the images of a batch together."""
     if config.method == "kway":
         return kway.segment_tokens_multi(tokens, taus, config.alpha)
     return [ncut.segment_tokens_multi(image, taus, config.alpha) for image in tokens]
@@ -143,17 +150,3 @@ def concept_similarity(tokens: torch.Tensor, token_labels: torch.Tensor) -> tupl
     members = F.one_hot(token_labels.reshape(-1), int(token_labels.max()) + 1).T.float()
     concepts = (members / members.sum(dim=1, keepdim=True)) @ tokens
     return concepts @ tokens.T, grid
-
-
-def _refined(similarity: torch.Tensor, grid: tuple[int, int], image: torch.Tensor, size: tuple[int, int]
-             ) -> torch.Tensor:
-    """int64 `(height, width)` of `size`: the concept that wins each pixel after PAMR. The concepts' winners on the
-    `DETAIL_SCALE` grid as one-hot masks, refined on the image resized (bilinear) to that grid, argmax, 3x3 median
-    (as the paper's evaluation does), then nearest neighbour to `size`."""
-    detail = (grid[0] * DETAIL_SCALE, grid[1] * DETAIL_SCALE)
-    winners = winning_proposals(similarity, grid, detail)
-    masks = F.one_hot(winners, len(similarity)).permute(2, 0, 1)[None].float()
-    colours = F.interpolate(image[None].float().to(similarity.device), size=detail, mode="bilinear",
-                            align_corners=False)
-    refined = median3x3(pamr(colours, masks)[0].argmax(dim=0))
-    return F.interpolate(refined[None, None].float(), size=size, mode="nearest")[0, 0].long()

@@ -27,15 +27,16 @@ the recursion's.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from .ncut import affinity_matrix, recursive_cuts
+from .ncut import Cut, affinity_matrix, cuts_at
 
 MAX_STEPS = 200
 """Tried steps per batch (taken or backtracked): a bound on the work per image, reached only by a descent that
-keeps finding gains; the partition reached so far is returned."""
+keeps finding gains; the partition reached so far is returned, marked unsettled (`Descent.settled`)."""
 COARSE_SIDE = 32
 """Most tokens along a side of the grid the recursion that picks K and the starting partition runs on: larger
 grids are average-pooled by the smallest integer factor that brings them there (64 x 64 by 2: a quarter of the
@@ -52,17 +53,25 @@ def ncut_value(affinity: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return _objective(onehot, affinity @ onehot, affinity.sum(dim=-1))
 
 
-def descend(affinity: torch.Tensor, labels: torch.Tensor, max_steps: int = MAX_STEPS) -> tuple[torch.Tensor, int]:
+class Descent(NamedTuple):
+    """What `descend` reached."""
+
+    labels: torch.Tensor
+    """`(B, N)` int64 labels 0..K'-1 per image (K' <= K: emptied segments are dropped, the others keep their
+    order)."""
+    steps: int
+    """Steps tried, for the whole batch."""
+    settled: torch.Tensor
+    """`(B,)` bool: the image's descent ended on its own (no move left lowers the value), not at `max_steps`."""
+
+
+def descend(affinity: torch.Tensor, labels: torch.Tensor, max_steps: int = MAX_STEPS) -> Descent:
     """Monotone proximal descent of the K-way NCut from `labels`.
 
     Args:
         affinity: `(B, N, N)` symmetric non-negative fp32 affinities, one per image.
         labels: `(B, N)` int64 starting segments, 0..K-1 per image (K may differ between images).
         max_steps: tried steps at most (see `MAX_STEPS`).
-
-    Returns:
-        `(B, N)` int64 labels 0..K'-1 per image (K' <= K: emptied segments are dropped, the others keep their
-        order), and the number of steps tried.
     """
     degree = affinity.sum(dim=-1)  # (B, N)
     self_affinity = affinity.diagonal(dim1=-2, dim2=-1)
@@ -89,7 +98,7 @@ def descend(affinity: torch.Tensor, labels: torch.Tensor, max_steps: int = MAX_S
         median = ranked.gather(1, (moved // 2).clamp(max=ranked.shape[1] - 1)[:, None]).squeeze(1)
         done |= (moved == 0) & (inertia == 0) | ~taken & (moved == 1)
         inertia = torch.where(taken, inertia / 2, torch.where(moved > 0, median, torch.zeros_like(inertia)))
-    return torch.stack([_dense(row) for row in onehot.argmax(dim=-1)]), steps
+    return Descent(torch.stack([_dense(row) for row in onehot.argmax(dim=-1)]), steps, done)
 
 
 def segment_tokens(features: torch.Tensor, tau: float = 0.5, alpha: float = 10.0,
@@ -97,36 +106,37 @@ def segment_tokens(features: torch.Tensor, tau: float = 0.5, alpha: float = 10.0
     """K-way NCut segments of the `(B, h, w, C)` features (any float dtype and device, computed in fp32 there):
     int64 labels `(B, h, w)`, 0..K-1 per image. `tau` and `alpha` are DiffCut's (`ncut.segment_tokens`): `tau`
     sets K through the recursion that starts the descent, `alpha` is the affinity exponent, the same affinity for
-    both."""
-    return torch.stack([labels for labels, in segment_tokens_multi(list(features), [tau], alpha, max_steps)])
+    both. The work per image is bounded (the recursion's `ncut.MAX_WORK`, the descent's `max_steps`)."""
+    return torch.stack([cut.labels for cut, in segment_tokens_multi(list(features), [tau], alpha, max_steps)])
 
 
 def segment_tokens_multi(features: Sequence[torch.Tensor], taus: Sequence[float], alpha: float = 10.0,
-                         max_steps: int = MAX_STEPS) -> list[list[torch.Tensor]]:
-    """`segment_tokens` of each `(h, w, C)` image at each of `taus`: per image, int64 `(h, w)` labels per tau. One
-    recursion per image at the largest tau gives every start (`ncut.CutTree`); the images of one grid size descend
-    together, one batch per tau."""
-    results: list[list[torch.Tensor]] = [[] for _ in features]
+                         max_steps: int = MAX_STEPS) -> list[list[Cut]]:
+    """`segment_tokens` of each `(h, w, C)` image at each of `taus`: per image and tau, int64 `(h, w)` labels, and
+    whether both the recursion that started them and the descent ended within their bounds. One recursion per
+    image at the largest tau gives every start (`ncut.cuts_at`); the images of one grid size descend together, one
+    batch per tau."""
+    results: list[list[Cut]] = [[] for _ in features]
     by_grid: dict[tuple[int, ...], list[int]] = {}
     for index, image in enumerate(features):
         by_grid.setdefault(tuple(image.shape), []).append(index)
     for (h, w, channels), indices in by_grid.items():
         affinity = torch.stack([affinity_matrix(features[index].reshape(h * w, channels), alpha)
                                 for index in indices])
-        starts = torch.stack([torch.stack(_starts(features[index], taus, alpha, matrix))
-                              for index, matrix in zip(indices, affinity)])  # (B, T, h, w)
+        starts = [_starts(features[index], taus, alpha, matrix) for index, matrix in zip(indices, affinity)]
         for step in range(len(taus)):
-            labels, _ = descend(affinity, starts[:, step].reshape(len(indices), h * w), max_steps)
-            for index, image_labels in zip(indices, labels):
-                results[index].append(image_labels.reshape(h, w))
+            begin = torch.stack([image[step].labels.reshape(h * w) for image in starts])
+            reached = descend(affinity, begin, max_steps)
+            for index, start, labels, settled in zip(indices, starts, reached.labels, reached.settled.tolist()):
+                results[index].append(Cut(labels.reshape(h, w), start[step].complete and settled))
     return results
 
 
-def _starts(features: torch.Tensor, taus: Sequence[float], alpha: float, affinity: torch.Tensor
-            ) -> list[torch.Tensor]:
+def _starts(features: torch.Tensor, taus: Sequence[float], alpha: float, affinity: torch.Tensor) -> list[Cut]:
     """DiffCut's segments at each of `taus` of the `(h, w, C)` features average-pooled to at most `COARSE_SIDE`
-    tokens a side (ceil mode, so that any grid pools), repeated back to `(h, w)` int64; `affinity` is the tokens'
-    own, the one the recursion uses when there is nothing to pool.
+    tokens a side (ceil mode, so that any grid pools), repeated back to `(h, w)` int64, each with whether its
+    recursion ended within its bound; `affinity` is the tokens' own, the one the recursion uses when there is
+    nothing to pool.
 
     DiffCut sets apart, each in a segment of its own, the tokens whose affinity row holds an exact zero (the most
     dissimilar pair of the image, and any value the power flushed to 0). Unpooled, such a token is a fair seed
@@ -140,13 +150,12 @@ def _starts(features: torch.Tensor, taus: Sequence[float], alpha: float, affinit
     ph, pw = pooled.shape[:2]
     if pool > 1:
         affinity = affinity_matrix(pooled.reshape(ph * pw, channels), alpha)
-    tree = recursive_cuts(affinity, max(taus))
     starts = []
-    for tau in taus:
-        coarse = tree.labels(tau)
+    for coarse, complete in cuts_at(affinity, taus):
         if pool > 1:
             coarse = _settle_alone(coarse, affinity)
-        starts.append(coarse.reshape(ph, pw).repeat_interleave(pool, 0).repeat_interleave(pool, 1)[:h, :w])
+        starts.append(Cut(coarse.reshape(ph, pw).repeat_interleave(pool, 0).repeat_interleave(pool, 1)[:h, :w],
+                          complete))
     return starts
 
 

@@ -27,8 +27,9 @@ resolution; "features", the output of one self-attention module (`features.featu
 class PostProcessing(Protocol):
     """What a method's post-processing module provides: per image its forward's evidence (per-resolution attention
     `(h, w, h, w)` or features `(h, w, C)`, as its `Capture` says), the `(height, width)` of its label map and its
-    `(3, H, W)` pixels in [-1, 1] (the attention methods do not look at them) in; out, label maps `(height, width)`
-    0..K-1 on the evidence's device (`labels`), or the same with each segment's score and stability (`scored`)."""
+    `(3, H, W)` pixels in [-1, 1] (the attention methods look at them for `pamr` only) in; out, label maps
+    `(height, width)` 0..K-1 on the evidence's device (`labels`), or the same with each segment's score and
+    stability (`scored`)."""
 
     def labels(self, evidence: Sequence[Any], config: DiffSegConfig, sizes: Sequence[tuple[int, int]],
                pixels: Sequence[torch.Tensor]) -> list[torch.Tensor]: ...
@@ -77,6 +78,10 @@ class Method:
     variants: tuple[EvaluationVariant, ...]
     threshold: str | None
     """The config field a threshold sweep moves (`jobs/evaluate.py --sweep`); None: it has none."""
+    later_fields: tuple[str, ...] = ()
+    """Those of its `fields` added after its first outputs were written: in its `to_dict` and hash only when they
+    differ from their `DiffSegConfig` default, so that outputs made without them keep their hashes, and outputs
+    made with them get new ones."""
 
     def post_processing(self) -> PostProcessing:
         """Its post-processing module, imported now (it imports torch)."""
@@ -98,7 +103,7 @@ def torchvision_square(width: int, height: int) -> tuple[int, int, int]:
 
 def _merge_thresholds(config: DiffSegConfig) -> str:
     taus = config.thresholds[:1] if len(set(config.thresholds)) == 1 else config.thresholds
-    return "tau=" + ",".join(f"{tau:g}" for tau in taus)
+    return "tau=" + ",".join(f"{tau:g}" for tau in taus) + (" pamr" if config.pamr else "")
 
 
 def _cut_threshold(config: DiffSegConfig) -> str:
@@ -111,11 +116,13 @@ have always covered all of these, as DiffSeg's do."""
 
 METHODS: dict[str, Method] = {method.name: method for method in (
     Method(name="diffseg", paper="Tian et al., CVPR 2024", summary="DiffSeg, CVPR 2024", capture="attention",
-           timestep=300, resolution=512, fields=ATTENTION_FIELDS, flags=("refine",), center_square=largest_square,
+           timestep=300, resolution=512, fields=(*ATTENTION_FIELDS, "pamr"), flags=("refine", "pamr"),
+           center_square=largest_square,
            # The UNet's activations, the captured maps (68 MiB fp32), a share of the capture's chunks and the
            # post-processing (2 x 64 MiB); the GPU check prints the peak at batch 8 (benchmarks/README.md).
            unet_memory=2 * 2**30, post_processing_module="diffseg.segment",
-           variants=(EvaluationVariant("diffseg", _merge_thresholds),), threshold="kl_threshold"),
+           variants=(EvaluationVariant("diffseg", _merge_thresholds),), threshold="kl_threshold",
+           later_fields=("pamr",)),
     Method(name="kmeans-c", paper="Tian et al., CVPR 2024 (its K-Means-C baseline)",
            summary="its K-Means baseline on the same attention", capture="attention", timestep=300, resolution=512,
            fields=ATTENTION_FIELDS, flags=(), center_square=largest_square, unet_memory=2 * 2**30,
@@ -143,7 +150,8 @@ METHODS: dict[str, Method] = {method.name: method for method in (
 
 def unused_fields(method: Method) -> frozenset[str]:
     """The other methods' fields that `method` does not read: left out of its configs' `to_dict` and hash, since
-    they cannot change its masks (so DiffSeg's hashes are those from before DiffCut existed)."""
+    they cannot change its masks (so DiffSeg's hashes are those from before DiffCut existed; its own fields added
+    later are left out while at their default, see `Method.later_fields`)."""
     return frozenset(field for other in METHODS.values() for field in other.fields) - set(method.fields)
 
 

@@ -11,6 +11,9 @@ Two protocols:
 
 Accuracy = sum TP / valid pixels; mIoU = mean over classes of TP / (TP + FP + FN), ignoring classes whose
 denominator is 0 (never present and never predicted).
+
+How well a label map's edges follow the true ones, whatever the ids: the boundary F-score (`boundary_f_score`,
+Csurka et al., BMVC 2013; the F-measure of DAVIS).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from scipy.ndimage import distance_transform_edt
 from scipy.optimize import linear_sum_assignment
 
 PROTOCOLS = ("per-image", "dataset")
@@ -152,6 +156,38 @@ def evaluate(predictions: Iterable[Any], labels: Iterable[Any], num_classes: int
     for prediction, label in zip(predictions, labels, strict=True):
         evaluation.add(prediction, label)
     return evaluation.result()
+
+
+def boundaries(labels: Any) -> np.ndarray:
+    """bool `(H, W)`: the pixels of the `(H, W)` label map whose right or lower neighbour has another label, so one
+    pixel on one side of every edge between two labels (the image's border is no boundary)."""
+    labels = _array(labels)
+    edge = np.zeros(labels.shape, dtype=bool)
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edge[:-1, :] |= labels[:-1, :] != labels[1:, :]
+    return edge
+
+
+def boundary_f_score(prediction: Any, label: Any, tolerance: float = 2.0) -> float:
+    """Boundary F-score of an `(H, W)` label map against the true one (ids need not match, only edges count):
+    2PR / (P + R), P the share of predicted `boundaries` pixels within `tolerance` pixels (Euclidean, inclusive) of
+    a true one, R the share of true ones within it of a predicted one. P is 1 when nothing is predicted as a
+    boundary, R when nothing is one; F is 0 when both are 0. Raises `ValueError` on shape mismatch."""
+    predicted, true = boundaries(prediction), boundaries(label)
+    if predicted.shape != true.shape:
+        raise ValueError(f"prediction {predicted.shape} and label {true.shape} differ in shape")
+    precision, recall = _near(predicted, true, tolerance), _near(true, predicted, tolerance)
+    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+
+
+def _near(points: np.ndarray, targets: np.ndarray, tolerance: float) -> float:
+    """The share of the true pixels of `points` within `tolerance` pixels of a true pixel of `targets` (two bool
+    maps of one shape); 1 when `points` has none, else 0 when `targets` has none."""
+    if not points.any():
+        return 1.0
+    if not targets.any():
+        return 0.0
+    return float((distance_transform_edt(~targets)[points] <= tolerance).mean())
 
 
 def _summary(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> dict[str, Any]:

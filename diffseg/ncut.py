@@ -19,12 +19,18 @@ Degenerate cases, where the official code crashes or misbehaves, are settled her
 threshold whose NCut value is NaN (one side empty, or its degree rounds to the whole) or that leaves a side empty
 (its value is then rounding noise, possibly below tau, and the official recursion would repeat the region
 forever) is not a cut; a failed `eigh` means no cut.
+
+The official recursion's work is unbounded: features without structure (noise) are cut down to single tokens, one
+peeled off the rest at a time, each cut an eigendecomposition of nearly the whole grid (at 32 x 32, a thousand of
+them, 15 s on a 2-core CPU). Here it stops once a bound is spent (`MAX_WORK`), keeping the cuts made so far, and
+says so (`CutTree.complete`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +48,16 @@ host round trips) that dominates at small sizes, while LAPACK's grows as n^3 fro
 0.2, 0.5, 2.2 and 12 ms at n = 64, 128, 256 and 512 on the 2-core development VM. Most regions of a recursion are
 small, so this matters. 256 is a default for the GPU check to confirm: `benchmarks/bench_ncut.py --device cuda`
 prints, by size, `eigh` on the CPU, on the GPU, and through the CPU from the GPU (copies included)."""
+
+MAX_WORK = 16
+"""The recursion's budget per image, in eigendecompositions of the whole grid: the regions it decomposes may sum to
+at most this many times N^3 in n^3 (n a region's tokens, N the grid's), what `eigh` costs. A recursion that would
+exceed it stops before that region, and the regions still waiting stay whole. The cuts of the planted families of
+`benchmarks/bench_cuts.py` cost 1.4 to 2.4; peeling k small objects one at a time off a background costs about k + 1;
+features of pure noise at 32 x 32, peeled down to single tokens, cost 162 (a thousand cuts). So an image costs at
+most about 8 times a typical one (at 64 x 64 on a 2-core CPU, where one decomposition of the grid takes 5 s, 82 s
+against 6 to 13 s; see benchmarks/README.md). The bound depends on no clock, so an image gets the same labels on
+every machine."""
 
 WORD_BITS = 62
 """Cut memberships packed per int64 sort key in `assemble` (non-negative, so that keys compare as bit strings)."""
@@ -129,6 +145,10 @@ class CutTree:
     cuts: list[torch.Tensor] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
     parents: list[int] = field(default_factory=list)
+    complete: bool = True
+    """False when the recursion stopped at its work bound (`MAX_WORK`) with regions left uncut. Pruned (`kept`), such
+    a tree gives a smaller threshold the segments found so far, not what a recursion of its own would reach (which
+    spends the bound elsewhere)."""
 
     def kept(self, tau: float) -> list[torch.Tensor]:
         """The cuts a recursion at `tau` (at most the tree's) accepts, in its order: those whose value and all of
@@ -146,13 +166,15 @@ class CutTree:
         return assemble(self.kept(tau), self.size, self.device)
 
 
-def recursive_cuts(affinity: torch.Tensor, tau: float) -> CutTree:
-    """Every accepted cut of the recursion at `tau` over an `(N, N)` affinity (see `CutTree`).
+def recursive_cuts(affinity: torch.Tensor, tau: float, max_work: float = MAX_WORK) -> CutTree:
+    """Every accepted cut of the recursion at `tau` over an `(N, N)` affinity (see `CutTree`), within `max_work`
+    eigendecompositions of the whole affinity (see `MAX_WORK`).
 
     One host synchronization per region (besides `eigh`'s own and `best_cut`'s): its NCut value and the sizes of
     its children, which the recursion needs to go on; regions are index tensors, so nothing else reads back.
     """
     size = len(affinity)
+    budget = max_work * float(size) ** 3
     # The official kept set (rows of the masked affinity without a zero) excludes these below the root.
     live = ~(affinity == 0).any(dim=1)
     limit = _float32(tau)
@@ -163,6 +185,10 @@ def recursive_cuts(affinity: torch.Tensor, tau: float) -> CutTree:
         index, parent = pending.pop()
         if len(index) < 2:
             continue
+        budget -= float(len(index)) ** 3
+        if budget < 0:
+            tree.complete = False
+            break
         found = best_cut(affinity[index[:, None], index[None, :]])
         if found is None:
             continue
@@ -203,23 +229,41 @@ def assemble(cuts: Sequence[torch.Tensor], size: int, device: torch.device | str
     return torch.empty_like(order).scatter_(0, order, first.cumsum(0) - 1)
 
 
+class Cut(NamedTuple):
+    """The labels of a recursion at one threshold, and whether it ended within its work bound."""
+
+    labels: torch.Tensor
+    """int64 labels 0..K-1, shaped as the caller says."""
+    complete: bool
+    """False: the recursion stopped at `MAX_WORK`, with fewer segments than the threshold asks for."""
+
+
+def cuts_at(affinity: torch.Tensor, taus: Sequence[float], max_work: float = MAX_WORK) -> list[Cut]:
+    """The recursion over the `(N, N)` affinity at each of `taus`, labels `(N,)`: one recursion at the largest,
+    pruned for the others (`CutTree`), the same labels as separate recursions for the eigendecompositions of one.
+    When that one stopped at its work bound, every threshold gets the segments it found so far (so the work stays
+    that of one bounded recursion), marked incomplete."""
+    tree = recursive_cuts(affinity, max(taus), max_work)
+    return [Cut(tree.labels(tau), tree.complete) for tau in taus]
+
+
 def segment_tokens(features: torch.Tensor, tau: float = 0.5, alpha: float = 10.0) -> torch.Tensor:
     """DiffCut's recursive normalized cut of the `(h, w, C)` features (any float dtype and device, computed in
     fp32 on that device): int64 labels `(h, w)`, 0..K-1, on the same device.
 
     A cut is accepted when its NCut value is below `tau` (larger: more segments); `alpha` is the affinity
     exponent. The official pipeline L2-normalizes the features before `recursive_ncut` normalizes them again;
-    pass normalized features to round as it does.
+    pass normalized features to round as it does. The work is bounded (`MAX_WORK`).
     """
-    return segment_tokens_multi(features, [tau], alpha)[0]
+    return segment_tokens_multi(features, [tau], alpha)[0].labels
 
 
-def segment_tokens_multi(features: torch.Tensor, taus: Sequence[float], alpha: float = 10.0) -> list[torch.Tensor]:
-    """`segment_tokens` at each of `taus`, from one recursion at the largest (see `CutTree`): the same labels as
-    separate calls, for the eigendecompositions of one."""
+def segment_tokens_multi(features: torch.Tensor, taus: Sequence[float], alpha: float = 10.0) -> list[Cut]:
+    """`segment_tokens` at each of `taus` (see `cuts_at`), labels `(h, w)`, each with whether its recursion ended
+    within the work bound."""
     h, w, channels = features.shape
-    tree = recursive_cuts(affinity_matrix(features.reshape(h * w, channels), alpha), max(taus))
-    return [tree.labels(tau).reshape(h, w) for tau in taus]
+    cuts = cuts_at(affinity_matrix(features.reshape(h * w, channels), alpha), taus)
+    return [Cut(cut.labels.reshape(h, w), cut.complete) for cut in cuts]
 
 
 def _float32(tau: float) -> float:

@@ -1,10 +1,12 @@
 """Pixel-Adaptive Mask Refinement (Araslanov & Roth, CVPR 2020), as DiffCut's evaluation applies it, and the
-3x3 median filter that follows it there."""
+3x3 median filter that follows it there; `refined_winners` applies both to a label map, for DiffCut and DiffSeg."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .labels import winning_proposals
 
 OFFSETS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
 """The 3x3 taps, in units of the dilation; the centre (0, 0) is the fifth."""
@@ -62,3 +64,21 @@ def median3x3(labels: torch.Tensor) -> torch.Tensor:
     padded = labels[rows][:, cols]
     window = [padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width] for dy, dx in OFFSETS]
     return torch.stack(window).median(dim=0).values
+
+
+def refined_winners(proposals: torch.Tensor, grid: tuple[int, int], scale: int, image: torch.Tensor,
+                    size: tuple[int, int]) -> torch.Tensor:
+    """int64 `(height, width)` of `size`: the index of the proposal that wins each pixel after PAMR.
+
+    The winners of the `(K, h*w)` `proposals` on the `grid` `(h, w)` are taken on the detail grid, `scale` cells per
+    grid cell along each side (`labels.winning_proposals`), as one-hot masks; PAMR refines them on `image`
+    `(3, H, W)` (any range) resized bilinearly to that grid; then argmax, 3x3 median (as DiffCut's evaluation does)
+    and nearest neighbour to `size`. PAMR's cost grows with the detail grid's cells times K, so the callers choose
+    `scale`."""
+    detail = (grid[0] * scale, grid[1] * scale)
+    winners = winning_proposals(proposals, grid, detail)
+    masks = F.one_hot(winners, len(proposals)).permute(2, 0, 1)[None].float()
+    colours = F.interpolate(image[None].float().to(proposals.device), size=detail, mode="bilinear",
+                            align_corners=False)
+    refined = median3x3(pamr(colours, masks)[0].argmax(dim=0))
+    return F.interpolate(refined[None, None].float(), size=size, mode="nearest")[0, 0].long()

@@ -148,19 +148,30 @@ def _account(job: LabelJob, summary: Summary) -> str:
     """The run in one line, for stderr."""
     return (f"{summary.files_new} new input file(s) found, {summary.images_ok} image(s) labeled, "
             f"{summary.images_failed} failed, {summary.shards_written} shard(s) written, {summary.shards_skipped} "
-            f"already done, {summary.shards_failed} failed; masks in {summary.output}" + _changes_line(summary)
+            f"already done, {summary.shards_failed} failed; masks in {summary.output}" + _warned_line(summary)
+            + _changes_line(summary)
             + _ignored_line(summary)
             + (f"; stopped listing at --max-files {job.max_files}: run again without it to label the rest"
                if summary.max_files_reached else ""))
 
 
+def _warned_line(summary: Summary) -> str:
+    """The part of the last stderr line counting the masks coarser than asked, if any were."""
+    if not summary.images_warned:
+        return ""
+    return (f"; {summary.images_warned} mask(s) coarser than the settings ask for (their rows' `warning` says why: "
+            "a cut that stopped at its work bound)")
+
+
 def _ignored_line(summary: Summary) -> str:
-    """The part of the last stderr line naming the first files left out of the input, if any were."""
+    """The part of the last stderr line naming the first files left out of the input, if any were, and the file
+    that lists them all."""
     if not summary.files_ignored:
         return ""
     more = ", ..." if summary.files_ignored > len(summary.ignored_files) else ""
+    listed = f" (all listed in {summary.ignored_files_file})" if summary.ignored_files_file else ""
     return (f"; {summary.files_ignored} file(s) under the input ignored (hidden, or not of the input's kind): "
-            f"{', '.join(summary.ignored_files)}{more}")
+            f"{', '.join(summary.ignored_files)}{more}{listed}")
 
 
 def _changes_line(summary: Summary) -> str:

@@ -30,7 +30,7 @@ from ..execution import capacity, executor
 from ..execution.capacity import Actors, ActorShape, JobError, Node, actor_shape, cluster_summary, fit
 from ..execution.command import RunSummary
 from ..execution.executor import IN_FLIGHT_PER_ACTOR, Executor, reason
-from ..store.dataset import OutputDataset
+from ..store.dataset import OutputDataset, RunLog
 from ..store.inputs import Listing, Shard, SourceFile, listing
 from ..store.location import Location
 from .job import LabelJob
@@ -51,6 +51,9 @@ class Summary(RunSummary):
     """Files under the input that were not read: other extensions than the input's kind, hidden files."""
     ignored_files: list[str] = field(default_factory=list)
     """The keys (paths under the input) of the first `inputs.IGNORED_NAMED` of them, in key order."""
+    ignored_files_file: str = ""
+    """URI of the list of every one of them (`_runs/RUN_ID.ignored.jsonl`, one `{"key": KEY}` a line, in key
+    order); "" when there is none."""
     startup_seconds: float = 0.0
     """Part of `seconds` spent starting the actors and loading their model replicas."""
     files_new: int = 0
@@ -69,6 +72,14 @@ class Summary(RunSummary):
     max_files_reached: bool = False
     """The run labeled `LabelJob.max_files` new files and stopped listing there: the files after them were not
     looked at (nor counted as changed or vanished); a run without the limit labels them."""
+    images_warned: int = 0
+    """Images labeled (`images_ok`) whose row has a `warning`: a mask coarser than the settings ask for (a cut that
+    stopped at its work bound)."""
+
+    def record(self, shard: str, error: str | None, marker: dict[str, Any] | None) -> None:
+        super().record(shard, error, marker)
+        if marker is not None:
+            self.images_warned += marker.get("images_warned", 0)
 
     def to_dict(self) -> dict[str, Any]:
         """All fields (times rounded to ms) and `images_per_second` over the whole run."""
@@ -132,6 +143,12 @@ class Plan:
     """The input's files compared with those the finished shards cover; final once `todo` is done."""
     identity: dict[str, Any]
     """What the output's manifest must match (the model's identity is added when a replica reports it)."""
+    run_id: str
+    """This run's id (hex), made when planning began: the summary, the mask files' provenance and the run's files
+    under the output name it."""
+    ignored: RunLog
+    """Every input file the listing leaves out (`OutputDataset.ignored_log`), written once the run goes ahead
+    (`record_ignored`), then as they are listed; complete once the plan is closed."""
     redone: list[Shard] = field(default_factory=list)
     """Finished shards redone (`relabel_changed`); known once `todo` is done."""
     started: float = field(default_factory=time.perf_counter)
@@ -144,9 +161,27 @@ class Plan:
 
     def begin(self) -> None:
         """Record where this run's new image shards start (`OutputDataset.start_run`): called before the first
-        shard is handed out, once the output is claimed (a job that stops before writes nothing)."""
+        shard is handed out, once the output is claimed (a job that stops before leaves no such record)."""
         if self.listing.format == "images":
             self.output.start_run(f"part-{next_part(self.finished):05d}")
+        self.record_ignored()
+
+    def record_ignored(self) -> None:
+        """Start writing the input files the listing leaves out to `ignored`: those listed so far (held since, on a
+        temporary file past a megabyte), then each as it is listed. Called once the run goes ahead (`begin`, or
+        with nothing left to label), so that a run refused before writes nothing to the output."""
+        self.listing.attach(lambda key: self.ignored.write({"key": key}))
+
+    def close(self) -> None:
+        """Complete the files written as the listing is read (`ignored`); again does nothing. `execute` closes its
+        plan, and so does a `with` block (for a plan that may never reach `execute`)."""
+        self.ignored.close()
+
+    def __enter__(self) -> Plan:
+        return self
+
+    def __exit__(self, *raised: object) -> None:
+        self.close()
 
 
 def plan(job: LabelJob) -> Plan:
@@ -157,11 +192,15 @@ def plan(job: LabelJob) -> Plan:
     position in the listing, which shifts when files are added); with `job.relabel_changed` the finished
     shards holding changed files are redone too, after the listing ended.
 
+    Nothing is written to the output: the input files the listing leaves out are held until the run goes ahead
+    (`Plan.record_ignored`). The plan must be closed: `execute` does.
+
     Raises:
         InputError, StorageError: the input cannot be listed or holds nothing usable.
         OutputConflict: the output already holds masks made with other settings.
     """
     started = time.perf_counter()
+    run_id = uuid.uuid4().hex
     source = Location(job.input, job.storage_options)
     dataset = OutputDataset(Location(job.output, job.storage_options))
     found = listing(source, job.input_format, job.columns)
@@ -172,7 +211,8 @@ def plan(job: LabelJob) -> Plan:
     redone: list[Shard] = []
     todo = Todo(_todo(job, found.format, dataset, finished, comparison, redone))
     todo.ahead(1)
-    return Plan(job, source, dataset, todo, finished, found, comparison, identity, redone, started)
+    return Plan(job, source, dataset, todo, finished, found, comparison, identity, run_id,
+                dataset.ignored_log(run_id), redone, started)
 
 
 def _todo(job: LabelJob, input_format: str, dataset: OutputDataset, finished: list[str], comparison: Comparison,
@@ -190,7 +230,8 @@ def execute(planned: Plan, progress: bool = True, worker: type[LabelWorker] = La
 
     `worker` is the actor class: a `LabelWorker`, or a subclass with another model (the driver benchmark runs a
     no-op one through this same path). Changed and vanished input files are counted and listed once the
-    listing ended.
+    listing ended. The plan is closed when this returns or raises: the list of the files it ignored
+    (`Summary.ignored_files_file`) is complete.
 
     Raises:
         ModelLoadError: a replica could not load the model; nothing was written.
@@ -198,12 +239,16 @@ def execute(planned: Plan, progress: bool = True, worker: type[LabelWorker] = La
         OutputConflict: the model differs from the one the output was started with.
         InputError, StorageError: the rest of the input cannot be listed (shards already written stay done).
     """
-    summary = Summary(output=planned.output.location.uri(""), run_id=uuid.uuid4().hex)
-    summary.unfinished_removed = len(planned.output.remove_unfinished())
-    if planned.todo:
-        with executor.tallying() as tally:
-            _label(planned, summary, progress, worker, tally)
-    _count_files(planned, summary)
+    summary = Summary(output=planned.output.location.uri(""), run_id=planned.run_id)
+    with planned:
+        summary.unfinished_removed = len(planned.output.remove_unfinished())
+        if planned.todo:
+            with executor.tallying() as tally:
+                _label(planned, summary, progress, worker, tally)
+        else:
+            planned.record_ignored()
+        _count_files(planned, summary)
+    summary.ignored_files_file = planned.ignored.uri
     summary.seconds = time.perf_counter() - planned.started
     return summary
 

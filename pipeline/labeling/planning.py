@@ -48,6 +48,7 @@ def inventory(source: Location, input_format: str = "auto", shard_size: int = 10
         InputError: see `listing`; or `shard_size` is below 1.
     """
     found = listing(source, input_format, columns)
+    found.attach(lambda key: None)  # counted only: nothing held
     made = list(shards(found.format, found, shard_size))
     return Inventory(made, found.ignored)
 

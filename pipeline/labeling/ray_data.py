@@ -69,7 +69,8 @@ class Labeler:
     `(H, W)` uint8 arrays (as `ray.data.read_images` gives them). Returns every input column but the image, plus
     the job's columns (`COLUMNS`): `image_id` (the `id_column`'s value as text, else the row's position in its
     batch), `width`, `height`, `mask` (label PNG), `num_segments`, `segments` (with `score` and `stability`),
-    `status` and `error` (an image that cannot be decoded is a row with status "error", as in the job).
+    `status` and `error` (an image that cannot be decoded is a row with status "error", as in the job), `descriptors`
+    (null) and `warning`.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, config: DiffSegConfig | None = None, image_column: str = "image",

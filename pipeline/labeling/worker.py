@@ -197,4 +197,4 @@ def segmentation_row(image_id: str, source_uri: str, result: Segmentation) -> Ro
                  "score": float(score[r.id])} for r in found]
     descriptors = None if result.descriptors is None else encode_descriptors(result.descriptors.numpy())
     return Row(image_id, source_uri, width=mask.shape[1], height=mask.shape[0], mask=label_png(mask),
-               num_segments=len(found), segments=segments, descriptors=descriptors)
+               num_segments=len(found), segments=segments, descriptors=descriptors, warning=result.warning)

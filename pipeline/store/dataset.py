@@ -14,6 +14,9 @@ Layout under the output URL (names starting with `_` are bookkeeping that datase
     _runs/RUN_ID.failures.jsonl
                             the images the run RUN_ID could not label, one JSON object a line (`image_id`,
                             `source_uri`, `error`, `shard`); none when it labeled them all (`FailureLog`)
+    _runs/RUN_ID.ignored.jsonl
+                            the files under the input that the run RUN_ID left out (hidden, or not of the input's
+                            kind), one JSON object a line (`key`); none when it left none out (`ignored_log`)
 
 This module is the format's one writer and one reader: `OutputDataset` writes shards and reads rows, the
 manifest and provenance back; `decode_mask` is the one decoder of a mask PNG (`diffseg.visualize.label_png`
@@ -60,11 +63,12 @@ def mask_schema(own: Sequence[tuple[str, pa.DataType]], trailing: Sequence[tuple
 SCHEMA = mask_schema([("segments", pa.list_(pa.struct([("id", pa.int32()), ("area", pa.int64()),
                                                       ("bbox", pa.list_(pa.int32())), ("stability", pa.float32()),
                                                       ("score", pa.float32())])))],
-                     trailing=[("descriptors", pa.binary())])
+                     trailing=[("descriptors", pa.binary()), ("warning", pa.string())])
 """Columns of every mask file (docs/outputs.md, the data contract). `width`/`height` are the mask's size: the image's
 original size, or the crop's size in center-crop mode. `bbox` is `[x, y, w, h]` in pixels. `descriptors` (with
 `--descriptors`, else null): the segments' descriptors as float16 little-endian, row-major `(num_segments, dim)`,
-row i for segment id i (`decode_descriptors`)."""
+row i for segment id i (`decode_descriptors`). `warning`: why an `ok` row's mask may be coarser than the settings
+ask for (DiffCut's and kway's cut stopped at its work bound); null normally, and in files written before it existed."""
 
 METADATA_KEY = "diffseg"
 """Parquet footer key holding the JSON provenance of a mask file."""
@@ -82,33 +86,51 @@ Covered = tuple[str, str, SourceFile]
 """A file a finished shard covers, as `(key, shard, file)`: ordered by key first, as `heapq.merge` takes them."""
 
 
-class FailureLog:
-    """The images a run could not label, one JSON object a line in a file under the output (`failure_log`), written
-    as the shards' failures come: what is held is one shard's. The file is made at the first failure: a run that
-    labeled every image writes none."""
+class RunLog:
+    """A list a run keeps under the output's `_runs/`, one JSON object a line, written as its records come: what is
+    held is the file's buffer, never the list. The file is made at the first record: a run with none writes none.
+    Records are values (JSON), whatever they hold; the file's name is the caller's, never taken from them."""
 
     def __init__(self, location: Location, name: str) -> None:
         self.location, self.name = location, name
         self.count = 0
         self._file: Any = None
+        self._closed = False
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append `record` (made into one line of JSON).
+
+        Raises:
+            ValueError: the log is closed (a record after `close` would be lost).
+        """
+        if self._closed:
+            raise ValueError(f"{self.location.uri(self.name)}: written to after it was closed")
+        if self._file is None:
+            self.location.fs.makedirs(self.location.path(RUNS), exist_ok=True)
+            self._file = self.location.fs.open(self.location.path(self.name), "wb")
+        self._file.write(json.dumps(record).encode() + b"\n")
+        self.count += 1
+
+    @property
+    def uri(self) -> str:
+        """The file's URI; "" while there is none (no record yet)."""
+        return self.location.uri(self.name) if self._file is not None else ""
+
+    def close(self) -> None:
+        """Complete the file (on object stores, upload it); again does nothing."""
+        self._closed = True
+        if self._file is not None:
+            self._file.close()
+
+
+class FailureLog(RunLog):
+    """The images a run could not label (`failure_log`), written as the shards' failures come: what is held is one
+    shard's. A run that labeled every image writes none."""
 
     def add(self, shard: str, failures: Iterable[dict[str, Any]]) -> None:
         """Append `failures` (as `OutputDataset.write` returns them) of the shard `shard`."""
         for failure in failures:
-            if self._file is None:
-                self.location.fs.makedirs(self.location.path(RUNS), exist_ok=True)
-                self._file = self.location.fs.open(self.location.path(self.name), "wb")
-            self._file.write(json.dumps({**failure, "shard": shard}).encode() + b"\n")
-            self.count += 1
-
-    @property
-    def uri(self) -> str:
-        """The file's URI; "" while there is none (no failure yet)."""
-        return self.location.uri(self.name) if self._file is not None else ""
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
+            self.write({**failure, "shard": shard})
 
 
 class OutputConflict(RuntimeError):
@@ -141,6 +163,7 @@ class Row(MaskRow):
 
     segments: list[dict[str, Any]] | None = None
     descriptors: bytes | None = None
+    warning: str | None = None
 
 
 def mask_file(shard: str) -> str:
@@ -242,6 +265,9 @@ class OutputDataset:
                   "images_ok": sum(row.status == "ok" for row in rows),
                   "images_failed": sum(row.status != "ok" for row in rows),
                   "run_id": provenance.get("run_id"), "created": provenance.get("created")}
+        warned = sum(row.warning is not None for row in rows) if "warning" in self.schema.names else 0
+        if warned:
+            marker["images_warned"] = warned
         covered = provenance.get("shard", {}).get("files")
         if covered is not None:
             marker["files"] = [{key: file.get(key) for key in ("key", "size", "etag", "mtime")} for file in covered]
@@ -367,6 +393,12 @@ class OutputDataset:
             yield log
         finally:
             log.close()
+
+    def ignored_log(self, run_id: str) -> RunLog:
+        """The list of the input files the run `run_id` left out (`_runs/RUN_ID.ignored.jsonl`, records `{"key":
+        KEY}`), made at its first record; the caller closes it. Its name is the run id's, never a key's: `run_id`
+        is made by the job (hex), the keys come from the input."""
+        return RunLog(self.location, f"{RUNS}/{run_id}.ignored.jsonl")
 
     def write_changes(self, run_id: str, changes: dict[str, Any]) -> str:
         """Write `changes` (what a run found changed or vanished in the input) as `_changes/RUN_ID.json`; returns

@@ -5,9 +5,11 @@ URI a job recorded for it (`read_source`).
 
 from __future__ import annotations
 
+import json
 import posixpath
 import tarfile
-from collections.abc import AsyncIterator, Iterator
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -28,7 +30,10 @@ ID_COLUMN = "key"
 PAGE = 1000
 """Keys an object store lists per request (S3's most): what a flat listing takes at once."""
 IGNORED_NAMED = 5
-"""Ignored files a listing keeps the keys of (`Listing.ignored_keys`); the rest are only counted."""
+"""Ignored files a listing keeps the keys of (`Listing.ignored_keys`); every one goes to its sink (`Listing.attach`)."""
+HELD_IN_MEMORY = 1 << 20
+"""Bytes of ignored keys a listing holds in memory until a sink is attached (`Listing.attach`); more go on to a
+temporary file, so that an input with no file of its kind before a long run of others holds no more than this."""
 
 _SUFFIX_FORMATS = {**{suffix: "images" for suffix in IMAGE_SUFFIXES}, ".tar": "tar", ".parquet": "parquet"}
 
@@ -93,7 +98,9 @@ class Listing:
     sorted by key, one folder listing at a time, so the first shards can start while the rest is listed.
 
     `format` is resolved from the first file of a known kind (`listing` reads up to it); `ignored` and
-    `ignored_keys` are final only once the iteration ended.
+    `ignored_keys` are final only once the iteration ended. Every ignored file's key goes to the sink given to
+    `attach`, in key order, as it is listed (those listed before it was attached are held until then), so that
+    all of them can be written out without ever holding them all.
 
     Raises (while iterating):
         InputError: with `input_format="auto"`, a file of another kind than the first ones.
@@ -106,10 +113,25 @@ class Listing:
         """Files under the input that are not of its kind (other extensions, hidden files): counted, never read."""
         self.ignored_keys: list[str] = []
         """The first `IGNORED_NAMED` of them, in key order; never all (an img2dataset folder has a .txt and a .json
-        beside every image: twice as many keys as images)."""
+        beside every image: twice as many keys as images): those go to the sink (`attach`)."""
         self._auto = input_format == "auto"
         self._files = self._select()
         self._head: list[SourceFile] = []
+        self._sink: Callable[[str], None] | None = None
+        self._held: tempfile.SpooledTemporaryFile[bytes] | None = None
+        """The keys ignored before a sink was attached, one JSON string a line (at most `HELD_IN_MEMORY` bytes of
+        them in memory)."""
+
+    def attach(self, sink: Callable[[str], None]) -> None:
+        """Give the key of every ignored file to `sink`, in key order: at once those ignored so far (held since
+        they were listed), then each as it is listed. `sink` raising stops the listing with its error."""
+        held, self._held = self._held, None
+        if held is not None:
+            with held:
+                held.seek(0)
+                for line in held:
+                    sink(json.loads(line))
+        self._sink = sink
 
     def first(self) -> SourceFile:
         """The first file of the input's kind, read ahead (it is still the first one iterating yields).
@@ -141,9 +163,7 @@ class Listing:
                 if kind and self._auto:
                     raise InputError(f"{self.source.url} holds {' and '.join(sorted((self.format, kind)))} files; "
                                      "choose one with --input-format")
-                self.ignored += 1
-                if len(self.ignored_keys) < IGNORED_NAMED:
-                    self.ignored_keys.append(key)
+                self._ignore(key)
                 continue
             kept += 1
             etag = _etag(info)
@@ -154,6 +174,18 @@ class Listing:
             wanted = {"images": "image files (" + ", ".join(IMAGE_SUFFIXES) + ")", "tar": ".tar files",
                       "parquet": ".parquet files"}[self.format if self.format != "auto" else "images"]
             raise InputError(f"no {wanted} under {self.source.url}")
+
+    def _ignore(self, key: str) -> None:
+        self.ignored += 1
+        if len(self.ignored_keys) < IGNORED_NAMED:
+            self.ignored_keys.append(key)
+        if self._sink is not None:
+            self._sink(key)
+            return
+        if self._held is None:
+            self._held = tempfile.SpooledTemporaryFile(HELD_IN_MEMORY)
+        # JSON, one a line: a key is a value from the input, and may hold any character (a newline too).
+        self._held.write(json.dumps(key).encode() + b"\n")
 
 
 def listing(source: Location, input_format: str = "auto", columns: ParquetColumns = ParquetColumns()) -> Listing:

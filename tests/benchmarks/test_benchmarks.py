@@ -145,3 +145,20 @@ def test_bench_cuts(tmp_path):
             assert_measured(case[method], ["seconds"])
         assert case["kway"]["ncut"] >= 0 and case["diffcut"]["ncut"] >= 0
     assert figures["targets"][0]["target"] == "K-way NCut value never above DiffCut's"
+    [noise] = figures["structureless"]
+    for method in ("diffcut", "kway"):
+        assert noise[method]["segments"] >= 1 and isinstance(noise[method]["stopped"], bool)
+        assert_measured(noise[method], ["seconds"])
+
+
+def test_bench_edges(tmp_path):
+    figures = bench("bench_edges", "--size", "256", "--shapes", "5", "--blurs", "0", "--seeds", "1", "--repeat", "1",
+                    out=tmp_path / "figures.json")
+    [case] = figures["cases"]
+    assert (case["size"], case["shapes"], case["blur"], case["seed"]) == (256, 5, 0.0, 0)
+    for variant in ("plain", "pamr"):
+        assert 0 <= case[variant]["bf"] <= 1 and 0 <= case[variant]["miou"] <= 1 and case[variant]["segments"] >= 1
+        assert_measured(case[variant], ["seconds"])
+    assert_measured(case["pamr_alone"], ["2x", "4x"])
+    assert [target["target"] for target in figures["targets"]] == [
+        "BF@2px higher with PAMR on average", "PAMR at 2x costs no more than the post-processing without it"]

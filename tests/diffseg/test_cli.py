@@ -73,7 +73,7 @@ def test_diffcut_on_an_sdxl_layout_model_from_the_command_line(tmp_path):
     (["--kl-threshold", "high"], "not a number"),
     (["--resolution", "500"], "multiple of 64"),
     (["--method", "diffcut", "--ncut-threshold", "3"], "ncut_threshold must be in (0, 2]"),
-    (["--pamr"], "pamr applies to the diffcut and kway methods only"),
+    (["--method", "kmeans-c", "--pamr"], "pamr applies to the diffseg, diffcut and kway methods only"),
     (["--model", "acme/not-cached"], "cannot load model 'acme/not-cached'"),
 ])
 def test_bad_settings_are_one_line_and_exit_two(tmp_path, args, message):

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from diffseg import DiffSegConfig
@@ -53,8 +55,20 @@ def test_diffseg_hashes_are_those_from_before_diffcut():
     assert DiffSegConfig().config_hash() == "b8b0096078357364"
 
 
+def test_diffseg_describes_pamr_only_when_it_is_on():
+    """PAMR came to DiffSeg after its first outputs: without it a config keeps its description and hash (pinned
+    above); with it, both change."""
+    for config in (DiffSegConfig(), DiffSegConfig(kl_threshold=0.9, refine=True)):
+        with_pamr = dataclasses.replace(config, pamr=True)
+        assert "pamr" not in config.to_dict() and with_pamr.to_dict() == {**config.to_dict(), "pamr": True}
+        assert with_pamr.config_hash() != config.config_hash()
+    assert DiffSegConfig(pamr=False).config_hash() == "b8b0096078357364"
+    # DiffCut always described it: its hash covers pamr off as well.
+    assert DiffSegConfig(method="diffcut").to_dict()["pamr"] is False
+
+
 @pytest.mark.parametrize("bad", [
-    dict(ncut_threshold=0), dict(ncut_threshold=2.5), dict(alpha=0), dict(pamr=True, method="diffseg"),
+    dict(ncut_threshold=0), dict(ncut_threshold=2.5), dict(alpha=0), dict(pamr=True, method="kmeans-c"),
     dict(method="diffcut", refine=True), dict(method="ncut"),
 ])
 def test_invalid_diffcut_settings_are_refused(bad):

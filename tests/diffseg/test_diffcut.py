@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from diffseg import DiffSegConfig, diffcut, segment_from_features
 from diffseg.diffcut import DETAIL_SCALE, PIXELS_PER_TOKEN, segment_features, segment_features_scored
-from diffseg.ncut import affinity_matrix, recursive_cuts, segment_tokens
+from diffseg.ncut import Cut, affinity_matrix, recursive_cuts, segment_tokens
 from tests.diffseg.planted import matched_miou, planted_features, quadrants
 
 DIFFCUT = DiffSegConfig(method="diffcut")
@@ -92,6 +92,18 @@ def test_scores_come_with_the_same_label_maps(pamr):
         assert ((result.stability[:count] >= 0) & (result.stability[:count] <= 1)).all()
 
 
+@pytest.mark.parametrize("method", ["diffcut", "kway"])
+def test_an_image_whose_cut_stops_at_its_work_bound_says_so(method):
+    """Noise at DiffCut's width is peeled a few tokens at a time, past `ncut.MAX_WORK` (tests/diffseg/test_ncut.py);
+    planted segments are cut well within it."""
+    config = DiffSegConfig(method=method)
+    noise = torch.randn(20, 20, 1280, generator=torch.Generator().manual_seed(0))
+    stopped, planted = segment_features_scored([noise, planted_features(quadrants(8, 8))], config,
+                                               [(40, 40), (32, 32)])
+    assert stopped.warning == diffcut.WORK_BOUND and planted.warning is None
+    assert int(stopped.labels.max()) + 1 > 1, "the cuts made before the bound are kept"
+
+
 def test_well_separated_segments_are_stable_and_confident():
     result, = segment_features_scored([planted_features(quadrants(8, 8))], DIFFCUT, [(32, 32)])
     # Moving tau by 10% cannot change a cut whose planted segments are orthogonal up to 5% noise.
@@ -103,7 +115,7 @@ def separate_recursions(tokens, taus, alpha):
     """What `segment_features_scored` did before it pruned one recursion: one recursive cut per threshold."""
     h, w, channels = tokens.shape
     affinity = affinity_matrix(tokens.reshape(h * w, channels), alpha)
-    return [recursive_cuts(affinity, tau).labels(tau).reshape(h, w) for tau in taus]
+    return [Cut(recursive_cuts(affinity, tau).labels(tau).reshape(h, w), True) for tau in taus]
 
 
 @pytest.mark.parametrize("pamr", [False, True])

@@ -31,8 +31,8 @@ def test_the_value_is_cut_over_volume_summed_over_segments():
 def test_the_descent_never_raises_the_value(seed):
     affinity = random_affinity(120, seed)
     start = torch.randint(0, 6, (1, 120), generator=torch.Generator().manual_seed(seed))
-    labels, steps = kway.descend(affinity[None], start)
-    assert 1 <= steps <= kway.MAX_STEPS
+    labels, steps, settled = kway.descend(affinity[None], start)
+    assert 1 <= steps <= kway.MAX_STEPS and settled.tolist() == [steps < kway.MAX_STEPS]
     assert kway.ncut_value(affinity, labels[0]) <= kway.ncut_value(affinity, start[0]) + ROUNDING
     assert labels.unique().tolist() == list(range(int(labels.max()) + 1))
 
@@ -43,24 +43,25 @@ def test_a_scrambled_planted_partition_is_restored():
     scrambled = truth.reshape(-1).clone()
     flip = torch.rand(256, generator=torch.Generator().manual_seed(1)) < 0.2
     scrambled[flip] = (scrambled[flip] + 1) % (int(truth.max()) + 1)
-    labels, _ = kway.descend(affinity[None], scrambled[None])
+    labels = kway.descend(affinity[None], scrambled[None]).labels
     assert matched_miou(labels[0], truth) == 1.0
 
 
 def test_the_images_of_a_batch_descend_as_they_would_alone():
     affinities = torch.stack([random_affinity(64, seed) for seed in (5, 6)])
     starts = torch.stack([torch.arange(64) % 3, torch.arange(64) % 5])
-    together, _ = kway.descend(affinities, starts)
+    together = kway.descend(affinities, starts)
     for image in range(2):
-        alone, _ = kway.descend(affinities[image : image + 1], starts[image : image + 1])
-        assert torch.equal(together[image], alone[0])
+        alone = kway.descend(affinities[image : image + 1], starts[image : image + 1])
+        assert torch.equal(together.labels[image], alone.labels[0])
+        assert together.settled[image] == alone.settled[0]
 
 
 def test_max_steps_bounds_the_work_and_keeps_what_was_reached():
     affinity = random_affinity(200, seed=3)
     start = torch.arange(200)[None] % 7
-    labels, steps = kway.descend(affinity[None], start, max_steps=1)
-    assert steps == 1
+    labels, steps, settled = kway.descend(affinity[None], start, max_steps=1)
+    assert steps == 1 and settled.tolist() == [False], "stopped by the bound, not settled"
     assert kway.ncut_value(affinity, labels[0]) <= kway.ncut_value(affinity, start[0]) + ROUNDING
 
 

@@ -9,7 +9,7 @@ import torch
 
 from diffseg.arguments import OneLineParser, add_algorithm_arguments
 from diffseg.config import DiffSegConfig
-from diffseg.methods import METHODS, Method, unused_fields, variant_method
+from diffseg.methods import METHODS, Method, spoken, unused_fields, variant_method
 from diffseg.segmenter import memory_per_image
 
 CONFIG_FIELDS = {field.name for field in dataclasses.fields(DiffSegConfig)}
@@ -34,8 +34,13 @@ def test_its_defaults_are_what_a_config_of_it_gets(method):
 
 def test_its_settings_are_config_fields_and_its_config_describes_them_only(method):
     assert set(method.fields) <= CONFIG_FIELDS and set(method.flags) <= set(method.fields)
+    assert set(method.later_fields) <= set(method.fields)
     described = set(DiffSegConfig(method=method.name).to_dict())
-    assert set(method.fields) <= described and not described & unused_fields(method)
+    # Fields added later are described only away from their default (a flag's default is off).
+    assert described & set(method.fields) == set(method.fields) - set(method.later_fields)
+    assert not described & unused_fields(method)
+    for flag in set(method.later_fields) & set(method.flags):
+        assert flag in DiffSegConfig(method=method.name, **{flag: True}).to_dict()
 
 
 def test_its_flags_are_refused_with_every_method_without_them(method):
@@ -44,7 +49,7 @@ def test_its_flags_are_refused_with_every_method_without_them(method):
         DiffSegConfig(method=method.name, **{flag: True})
         owners = [other.name for other in METHODS.values() if flag in other.flags]
         for other in set(METHODS) - set(owners):
-            with pytest.raises(ValueError, match=f"{flag} applies to the {' and '.join(owners)} method"):
+            with pytest.raises(ValueError, match=f"{flag} applies to the {spoken(owners, 'and')} method"):
                 DiffSegConfig(method=other, **{flag: True})
 
 
@@ -98,6 +103,14 @@ def test_the_evaluation_method_choices_are_every_methods_variants():
     spec.loader.exec_module(evaluate)
     assert list(_method_choices(evaluate.parser())) == [variant.name for method in METHODS.values()
                                                         for variant in method.variants]
+
+
+def test_a_variant_name_says_pamr_when_it_is_on():
+    for method in METHODS.values():
+        if "pamr" in method.flags:
+            for variant in method.variants:
+                plain = variant.settings(DiffSegConfig(method=method.name))
+                assert variant.settings(DiffSegConfig(method=method.name, pamr=True)) == plain + " pamr"
 
 
 def test_default_configs_keep_their_hashes():

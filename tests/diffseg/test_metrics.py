@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffseg.metrics import Evaluation, confusion, evaluate, match
+from diffseg.metrics import Evaluation, boundaries, boundary_f_score, confusion, evaluate, match
 
 
 def close(actual: list[float], expected: list[float]) -> bool:
@@ -103,3 +103,51 @@ def test_each_image_gets_its_own_scores_and_the_class_of_each_segment():
     ignored = Evaluation(num_classes=2).add(np.zeros((1, 2), int), -np.ones((1, 2), int))
     assert math.isnan(ignored.accuracy) and math.isnan(ignored.miou) and ignored.classes == 0
 
+
+
+def columns(width: int, cuts: list[int], height: int = 6) -> np.ndarray:
+    """`(height, width)` vertical bands: label i from column cuts[i - 1] up to cuts[i]."""
+    return np.tile(np.searchsorted(cuts, np.arange(width), side="right"), (height, 1))
+
+
+def test_boundaries_are_one_pixel_on_one_side_of_every_edge():
+    labels = np.array([[0, 0, 1], [0, 0, 1], [2, 2, 2]])
+    # (0, 1) and (1, 1) touch label 1 on their right; (1, 0), (1, 1) and (1, 2) touch label 2 below.
+    assert boundaries(labels).astype(int).tolist() == [[0, 1, 0], [1, 1, 1], [0, 0, 0]]
+
+
+def test_identical_or_relabelled_maps_score_one_at_any_tolerance():
+    labels = columns(16, [5, 11])
+    for tolerance in (0, 2):
+        assert boundary_f_score(labels, labels, tolerance) == 1.0
+        assert boundary_f_score((labels + 1) % 3, labels, tolerance) == 1.0  # only the edges count, not the ids
+
+
+def test_an_edge_one_pixel_off_counts_within_the_tolerance_only():
+    truth, shifted = columns(16, [8]), columns(16, [9])
+    assert boundary_f_score(shifted, truth, 2) == 1.0 and boundary_f_score(shifted, truth, 1) == 1.0
+    assert boundary_f_score(shifted, truth, 0) == 0.0  # no predicted edge pixel on a true one: P = R = 0
+
+
+def test_the_tolerance_is_a_distance_in_pixels():
+    # A horizontal edge two rows below the true one is 2 px away: within 2, not within 1.9.
+    truth = np.repeat(np.arange(2), 6)[:, None].repeat(8, axis=1)
+    lower = np.roll(truth, 2, axis=0)
+    lower[:2] = 0
+    assert boundary_f_score(lower, truth, 2) == 1.0 and boundary_f_score(lower, truth, 1.9) == 0.0
+
+
+def test_a_missed_edge_costs_recall_and_a_spurious_one_precision():
+    truth = columns(16, [4, 12])
+    # Half of the true boundary pixels are found, every predicted one is true: P = 1, R = 1/2, F = 2/3.
+    assert math.isclose(boundary_f_score(columns(16, [4]), truth), 2 / 3)
+    # Every true edge found, half of the predicted ones spurious: P = 1/2, R = 1, F = 2/3.
+    assert math.isclose(boundary_f_score(columns(16, [4, 8, 12, 14]), truth, 1), 2 / 3)
+
+
+def test_maps_without_edges():
+    flat, split = np.zeros((4, 4), int), columns(4, [2], height=4)
+    assert boundary_f_score(flat, flat) == 1.0  # both agree there is no edge
+    assert boundary_f_score(flat, split) == 0.0 and boundary_f_score(split, flat) == 0.0
+    with pytest.raises(ValueError, match="differ in shape"):
+        boundary_f_score(flat, np.zeros((4, 5), int))

@@ -3,9 +3,11 @@ import torch
 
 from diffseg.ncut import (
     CUDA_EIGH_MIN_SIZE,
+    MAX_WORK,
     WORD_BITS,
     affinity_matrix,
     assemble,
+    cuts_at,
     ncut_values,
     recursive_cuts,
     second_eigenvector,
@@ -199,14 +201,14 @@ def noisy(h: int, w: int, seed: int) -> torch.Tensor:
 def test_one_recursion_gives_the_labels_of_each_threshold(features, tau):
     taus = [tau * 0.9, tau, tau * 1.1]
     separate = [segment_tokens(features, t) for t in taus]
-    assert all(torch.equal(a, b) for a, b in zip(segment_tokens_multi(features, taus), separate))
-    assert all(torch.equal(a, b) for a, b in zip(segment_tokens_multi(features, taus[::-1]), separate[::-1]))
+    assert all(torch.equal(a.labels, b) for a, b in zip(segment_tokens_multi(features, taus), separate))
+    assert all(torch.equal(a.labels, b) for a, b in zip(segment_tokens_multi(features, taus[::-1]), separate[::-1]))
 
 
 def test_the_pruned_thresholds_differ_and_the_largest_tree_has_many_cuts():
     """The cases above are not trivial: the thresholds give different labels, and one tree has more cuts than
     `WORD_BITS`."""
-    counts = [int(labels.max()) + 1 for labels in segment_tokens_multi(noisy(10, 10, 2), [0.63, 0.7, 0.77])]
+    counts = [int(cut.labels.max()) + 1 for cut in segment_tokens_multi(noisy(10, 10, 2), [0.63, 0.7, 0.77])]
     assert len(set(counts)) == 3 and counts[-1] > WORD_BITS + 1
 
 
@@ -267,3 +269,53 @@ def test_ncut_values_match_cut_over_volume():
     cut = ((s.T @ a) * (1 - s.T)).sum(dim=1)
     expected = cut / (s.T @ degree.double()) + cut / ((1 - s.T) @ degree.double())
     torch.testing.assert_close(values[2:].double(), expected[2:], rtol=1e-5, atol=0)
+
+
+def structureless(side: int, channels: int = 64, seed: int = 0) -> torch.Tensor:
+    """Features `(side, side, channels)` of pure noise: the recursion peels them apart a few tokens at a time,
+    each cut an eigendecomposition of nearly the whole grid."""
+    return torch.randn(side, side, channels, generator=torch.Generator().manual_seed(seed))
+
+
+def test_features_without_structure_cost_many_whole_grid_decompositions_unbounded():
+    """The case the bound is for: unbounded, the recursion over-segments noise, one small piece at a time."""
+    features = structureless(12)
+    tree = recursive_cuts(affinity_matrix(features.reshape(144, -1), 10.0), 0.5, max_work=float("inf"))
+    assert tree.complete and len(tree.cuts) > 100
+
+
+def test_the_recursion_stops_at_its_work_bound_with_the_cuts_made_so_far(monkeypatch):
+    affinity = affinity_matrix(structureless(12).reshape(144, -1), 10.0)
+    unbounded = recursive_cuts(affinity, 0.5, max_work=float("inf"))
+    calls = eigh_calls(monkeypatch)
+    bounded = recursive_cuts(affinity, 0.5, max_work=8)
+    assert not bounded.complete
+    assert sum(n**3 for n in calls) <= 8 * 144**3
+    # It stops as the unbounded recursion would have gone on: its cuts are the first ones of that recursion.
+    assert 1 < len(bounded.cuts) < len(unbounded.cuts)
+    assert all(torch.equal(a, b) for a, b in zip(bounded.cuts, unbounded.cuts))
+    assert int(bounded.labels(0.5).max()) + 1 == len(bounded.cuts) + 1
+
+
+def test_the_default_bound_stops_noise_and_leaves_planted_segments_alone(monkeypatch):
+    """At DiffCut's width (1280 channels) noise is peeled a few tokens at a time: unbounded, 400 tokens take about
+    400 cuts here."""
+    calls = eigh_calls(monkeypatch)
+    over = segment_tokens_multi(structureless(20, channels=1280), [0.5])[0]
+    assert not over.complete
+    assert MAX_WORK * 400**3 - 400**3 < sum(n**3 for n in calls) <= MAX_WORK * 400**3
+    planted_cut = segment_tokens_multi(planted(12, 16, 0)[0], [0.5])[0]
+    assert planted_cut.complete
+    assert torch.equal(planted_cut.labels, segment_tokens(planted(12, 16, 0)[0]))
+
+
+def test_the_thresholds_of_a_stopped_recursion_share_its_work_and_are_marked_incomplete(monkeypatch):
+    affinity = affinity_matrix(structureless(12).reshape(144, -1), 10.0)
+    taus = [0.45, 0.5, 0.55]
+    calls = eigh_calls(monkeypatch)
+    together = cuts_at(affinity, taus, max_work=8)
+    assert sum(n**3 for n in calls) <= 8 * 144**3, "one bounded recursion, not one per threshold"
+    stopped = recursive_cuts(affinity, 0.55, max_work=8)
+    assert not stopped.complete
+    for tau, cut in zip(taus, together):
+        assert torch.equal(cut.labels, stopped.labels(tau)) and not cut.complete

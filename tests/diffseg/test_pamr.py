@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import median_filter
 
-from diffseg.pamr import median3x3, pamr
+from diffseg.pamr import median3x3, pamr, refined_winners
 from tests.diffseg.rounding import EXP_ULPS, U, assert_within, gamma
 
 DILATIONS = (1, 2, 4, 8)
@@ -130,3 +130,16 @@ def test_median3x3_equals_scipy(shape, seed):
     filtered = median3x3(labels)
     assert filtered.dtype == labels.dtype
     assert np.array_equal(filtered.numpy(), expected)
+
+
+def test_refined_winners_move_a_misplaced_edge_onto_the_images_at_the_detail_scale():
+    # Two proposals on a 4 x 8 grid meet at grid column 4 (pixel 32 of 64); the image's edge is at pixel 20, on the
+    # border of a detail cell at scale 2 (4 px each), 3 cells away. The refined map is the image's, at its size.
+    regions = (torch.arange(64) >= 20).long().expand(32, 64)
+    noise = torch.randn(3, 32, 64, generator=torch.Generator().manual_seed(7))
+    image = regions.float().expand(3, 32, 64) + 0.05 * noise
+    right = (torch.arange(8) >= 4).float().expand(4, 8).reshape(-1)
+    proposals = torch.stack([1 - right, right])
+    winners = refined_winners(proposals, (4, 8), 2, image, (32, 64))
+    assert winners.dtype == torch.int64 and winners.shape == (32, 64)
+    assert torch.equal(winners, regions)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.store.dataset import decode_descriptors
+from pipeline.store.location import Location
 from synthetic.photos import photo
 from tests.cluster import free_port, start_ray_head, stop
 from tests.jobs.stores import NO_CREDENTIALS, at_endpoint, does_not_answer, nothing_listening, without_credentials
@@ -67,6 +68,7 @@ def test_a_cluster_address_where_nothing_answers_is_one_line_and_exit_two(tmp_pa
     assert result.returncode == 2 and time.monotonic() - started < 60
     assert result.stderr.strip() == f"error: cannot reach the Ray cluster at 127.0.0.1:{port} (Connection refused); " \
                                     "check --address or RAY_ADDRESS"
+    assert not (tmp_path / "out").exists(), "a run that never went ahead writes nothing (not even its ignored files)"
 
 
 def test_an_unreadable_input_is_one_line_and_exit_two(tmp_path):
@@ -98,10 +100,16 @@ def test_a_model_path_that_is_no_model_folder_is_refused_before_ray_starts(tmp_p
     assert not (tmp_path / "out").exists()
 
 
-def test_model_folders_hub_ids_and_built_ins_pass_the_model_check(tmp_path, monkeypatch):
+def label_script():
+    """`jobs/label.py` imported as a module (its functions, without a subprocess)."""
     spec = importlib.util.spec_from_file_location("label_script", LABEL)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_model_folders_hub_ids_and_built_ins_pass_the_model_check(tmp_path, monkeypatch):
+    script = label_script()
     (tmp_path / "sd" / "unet").mkdir(parents=True)
     (tmp_path / "xl").mkdir()
     (tmp_path / "xl" / "model_index.json").write_text("{}")
@@ -111,6 +119,16 @@ def test_model_folders_hub_ids_and_built_ins_pass_the_model_check(tmp_path, monk
     for model in ["./missing", "../missing", "~/missing-model-folder", "a/b/c", str(tmp_path)]:
         with pytest.raises(ValueError, match=r"^--model "):
             script.check_model(model)
+
+
+def test_the_account_counts_masks_coarser_than_asked_only_when_there_are_some():
+    from pipeline.labeling.driver import Summary
+    from pipeline.labeling.job import LabelJob
+
+    script, job = label_script(), LabelJob(input="in", output="out")
+    assert "coarser" not in script._account(job, Summary(images_ok=3))
+    assert ("; 2 mask(s) coarser than the settings ask for (their rows' `warning` says why: a cut that stopped at its "
+            "work bound)") in script._account(job, Summary(images_ok=3, images_warned=2))
 
 
 def test_s3_without_credentials_is_one_line_before_ray_starts(tmp_path, s3_endpoint):
@@ -144,8 +162,13 @@ def test_a_failed_shard_gives_exit_one_and_a_summary(tmp_path, ray_cluster):
     assert summary["seconds"] > 0 and summary["failed"][0]["shard"] == "broken"
     assert (summary["files_ignored"], summary["ignored_files"]) == (6, [".hidden.tar", "a.json", "b.json", "c.json",
                                                                         "d.json"])
+    listed = summary["ignored_files_file"]
+    assert listed == Location(str(tmp_path / "out")).uri(f"_runs/{summary['run_id']}.ignored.jsonl")
+    assert [json.loads(line) for line in Path(listed.removeprefix("file://")).read_text().splitlines()] == [
+        {"key": key} for key in (".hidden.tar", "a.json", "b.json", "c.json", "d.json", "notes.txt")]
     assert result.stderr.splitlines()[-1].endswith("; 6 file(s) under the input ignored (hidden, or not of the "
-                                                   "input's kind): .hidden.tar, a.json, b.json, c.json, d.json, ...")
+                                                   "input's kind): .hidden.tar, a.json, b.json, c.json, d.json, ... "
+                                                   f"(all listed in {listed})")
 
 
 @pytest.mark.integration

@@ -571,3 +571,12 @@ def test_a_new_parquet_file_on_s3_is_a_new_shard(bucket, tmp_path):
     assert counts(grown) == {"files_new": 1, "files_changed": 0, "files_vanished": 0, "files_relabeled": 0,
                              "shards_written": 1, "shards_skipped": 1}
     assert_masks_match_images(read_output(str(tmp_path / "out")), {**first, **second})
+
+
+def test_the_summary_counts_the_masks_with_a_warning_over_shards():
+    summary = driver.Summary()
+    for warned in (2, None, 1):
+        marker = {"images_ok": 3, "images_failed": 0, "failures": []}
+        summary.record("shard", None, marker if warned is None else {**marker, "images_warned": warned})
+    summary.record("lost", "it kept failing", None)
+    assert (summary.images_ok, summary.images_warned) == (9, 3)

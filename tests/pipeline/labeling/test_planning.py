@@ -1,13 +1,20 @@
 """Planning: shards of an input, and a grown input compared with what finished shards cover."""
 
+import dataclasses
+import json
 import os
+from pathlib import Path
 
 import pytest
 
+from diffseg import DiffSegConfig
+from pipeline.labeling.driver import Plan, execute, plan
+from pipeline.labeling.job import LabelJob
 from pipeline.labeling.planning import Comparison, inventory, next_part, shards
+from pipeline.store.dataset import OutputConflict, OutputDataset, Row
 from pipeline.store.inputs import InputError, SourceFile
 from pipeline.store.location import Location
-from tests.pipeline.labeling.data import write_files
+from tests.pipeline.labeling.data import good_images, write_files
 
 
 def files(*specs: tuple[str, int]) -> list[SourceFile]:
@@ -96,3 +103,80 @@ def test_a_listing_out_of_key_order_is_refused_rather_than_compared_wrongly():
     comparison = Comparison([], iter(files(("b.png", 1), ("a.png", 1))))
     with pytest.raises(InputError, match="lists 'a.png' after 'b.png'"):
         list(comparison)
+
+
+def label_without_ray(planned: Plan) -> None:
+    """What a run writes for its planned shards (`driver._label`, then each actor's `LabelWorker.process`), with
+    rows but no masks: a finished output for the next plan, made without Ray."""
+    planned.output.claim({**planned.identity, "model": {"model": "tiny"}})
+    planned.begin()
+    for shard in planned.todo:
+        rows = [Row(file.key, planned.source.uri(file.key)) for file in shard.files]
+        planned.output.write(shard.name, rows, {"run_id": planned.run_id, "shard": shard.identity(planned.source)})
+    planned.close()
+
+
+def ignored_listed(output: Path, run_id: str) -> list[str]:
+    lines = (output / "_runs" / f"{run_id}.ignored.jsonl").read_text().splitlines()
+    return [json.loads(line)["key"] for line in lines]
+
+
+def bookkeeping(output: Path) -> dict[str, bytes]:
+    return {path.relative_to(output).as_posix(): path.read_bytes() for path in output.rglob("*") if path.is_file()}
+
+
+def img2dataset_folder(folder: Path) -> list[str]:
+    """img2dataset's layout (a caption .txt and a metadata .json beside every image, a stats file per subfolder),
+    and a hidden file sorting before every image; returns the keys of the files that are no images, sorted."""
+    others = {".DS_Store": b"", "00000_stats.json": b"{}", "00001_stats.json": b"{}"}
+    for part, start in (("00000", 0), ("00001", 3)):
+        for name, data in good_images(3, start=start).items():
+            stem = f"{part}/{name.rsplit('.', 1)[0]}"
+            others |= {f"{stem}.txt": b"a caption", f"{stem}.json": b"{}"}
+            write_files(folder / part, {name: data})
+    write_files(folder, others)
+    return sorted(others)
+
+
+def test_every_ignored_file_is_listed_in_the_run_s_file_and_a_rerun_with_nothing_to_do_lists_them_again(tmp_path):
+    ignored = img2dataset_folder(tmp_path / "in")
+    job = LabelJob(input=str(tmp_path / "in"), output=str(tmp_path / "out"), model="tiny", shard_size=2)
+    first = plan(job)
+    assert not (tmp_path / "out").exists(), "planning writes nothing: the run may yet be refused"
+    label_without_ray(first)
+    assert ignored_listed(tmp_path / "out", first.run_id) == ignored, "every one, in key order"
+
+    again = plan(job)
+    assert not again.todo and again.run_id != first.run_id
+    summary = execute(again, progress=False)
+    assert (summary.shards_written, summary.shards_skipped, summary.files_new) == (0, 3, 0)
+    assert summary.run_id == again.run_id
+    assert (summary.files_ignored, summary.ignored_files) == (len(ignored), ignored[:5])
+    assert summary.ignored_files_file == Location(str(tmp_path / "out")).uri(f"_runs/{again.run_id}.ignored.jsonl")
+    assert ignored_listed(tmp_path / "out", again.run_id) == ignored, "complete when the summary comes"
+    assert summary.to_dict()["ignored_files_file"] == summary.ignored_files_file
+
+
+def test_an_output_made_with_other_settings_is_left_untouched(tmp_path):
+    write_files(tmp_path / "in", {"a.txt": b"", **good_images(1), "z.json": b"{}"})
+    job = LabelJob(input=str(tmp_path / "in"), output=str(tmp_path / "out"), model="tiny")
+    with plan(dataclasses.replace(job, output=str(tmp_path / "elsewhere"))) as other:
+        OutputDataset(Location(str(tmp_path / "out"))).claim(other.identity)
+    before = bookkeeping(tmp_path / "out")
+    with pytest.raises(OutputConflict, match="different config"):
+        plan(dataclasses.replace(job, config=DiffSegConfig(kl_threshold=0.5)))
+    assert bookkeeping(tmp_path / "out") == before and list(before) == ["_diffseg.json"]
+
+
+def test_a_plan_that_fails_writes_nothing_and_a_run_that_fails_after_going_ahead_leaves_its_file_complete(tmp_path):
+    write_files(tmp_path / "in", {"a.txt": b"", **good_images(1), "k.json": b"{}", "z.tar": b""})
+    job = LabelJob(input=str(tmp_path / "in"), output=str(tmp_path / "out"), model="tiny")
+    with pytest.raises(InputError, match="holds images and tar files"):
+        plan(job)
+    assert not (tmp_path / "out").exists()
+    # One image a shard: planning reads the first shard only, the rest of the listing (and its error) comes later.
+    with plan(dataclasses.replace(job, shard_size=1)) as planned:
+        planned.begin()
+        with pytest.raises(InputError, match="holds images and tar files"):
+            list(planned.todo)
+    assert ignored_listed(tmp_path / "out", planned.run_id) == ["a.txt", "k.json"]

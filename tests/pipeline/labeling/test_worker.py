@@ -11,7 +11,7 @@ from diffseg.preprocess import PreparedImage, prepare
 from diffseg.regions import regions
 from diffseg.segment import Segmentation
 from pipeline.labeling.planning import inventory
-from pipeline.labeling.worker import LabelWorker, Placement, WorkerSettings
+from pipeline.labeling.worker import LabelWorker, Placement, WorkerSettings, segmentation_row
 from pipeline.store.dataset import OutputDataset, decode_descriptors, decode_mask
 from pipeline.store.location import Location
 from synthetic.photos import photo
@@ -190,3 +190,11 @@ def test_a_worker_with_a_share_of_a_gpu_caps_its_process_to_that_share_of_the_me
         assert torch.cuda.get_per_process_memory_fraction() == 0.5
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
+
+
+@pytest.mark.parametrize("warning", [None, "the cut stopped at its work bound"])
+def test_a_segmentations_warning_is_its_rows(warning):
+    labels = torch.tensor([[0, 1], [1, 1]], dtype=torch.uint8)
+    segmentation = Segmentation(labels, torch.ones(2), torch.ones(2), warning=warning)
+    row = segmentation_row("a.png", "file:///a.png", segmentation)
+    assert (row.status, row.warning, row.num_segments) == ("ok", warning, 2)

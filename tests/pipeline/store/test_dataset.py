@@ -1,3 +1,4 @@
+import dataclasses
 import io
 import json
 import re
@@ -35,7 +36,8 @@ def test_a_shard_file_has_the_schema_rows_and_provenance():
     assert table.schema.remove_metadata() == SCHEMA
     assert table.to_pylist()[1] == {"image_id": "b.png", "source_uri": "file:///in/b.png", "width": None,
                                     "height": None, "mask": None, "num_segments": None, "segments": None,
-                                    "status": "error", "error": "cannot decode image", "descriptors": None}
+                                    "status": "error", "error": "cannot decode image", "descriptors": None,
+                                    "warning": None}
     footer = pq.read_metadata(io.BytesIO(data)).metadata
     assert json.loads(footer[METADATA_KEY.encode()]) == {"run_id": "r1", "config_hash": "abc"}
 
@@ -96,6 +98,16 @@ def test_files_written_before_segment_scores_read_with_null_scores_beside_newer_
         ["image_id", "segments"])}
     assert segments == {"a.png": [{"id": 0, "area": 12, "bbox": [0, 0, 4, 3], "stability": None, "score": None}],
                         "n.png": [{"id": 0, "area": 12, "bbox": [0, 0, 4, 3], "stability": 0.75, "score": 0.5}]}
+
+
+def test_files_written_before_warnings_read_with_a_null_warning_beside_newer_ones(tmp_path):
+    before = pa.schema([field for field in SCHEMA if field.name != "warning"])
+    pq.write_table(pa.Table.from_pylist([dataclasses.asdict(rows()[0])], schema=before), tmp_path / "a-old.parquet")
+    new = dataclasses.replace(rows()[0], image_id="n.png", warning="the cut stopped at its work bound")
+    OutputDataset(Location(str(tmp_path))).write("b-new", [new], {"run_id": "r"})
+    read = OutputDataset(Location(str(tmp_path))).rows(["image_id", "warning"])
+    assert sorted(tuple(row.values()) for row in read) == [("a.png", None),
+                                                           ("n.png", "the cut stopped at its work bound")]
 
 
 @pytest.mark.parametrize("top", [255, 65535], ids=["8-bit", "16-bit"])
@@ -219,3 +231,35 @@ def test_mask_files_without_a_marker_are_removed_as_a_stopped_run_left_them(tmp_
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.parquet")) == [
         "_bookkeeping.parquet", "part-00000.parquet"]
     assert dataset.remove_unfinished() == []
+
+
+def test_a_run_log_is_made_at_its_first_record_and_holds_one_json_value_a_line(tmp_path):
+    dataset = OutputDataset(Location(str(tmp_path)))
+    log = dataset.ignored_log("r1")
+    assert (log.uri, log.count) == ("", 0) and not (tmp_path / "_runs").exists(), "nothing written before a record"
+    keys = ["a.txt", "../../etc/passwd", 'odd "key"\nwith a newline\u00e9.json']
+    for key in keys:
+        log.write({"key": key})
+    log.close()
+    log.close()
+    assert log.uri == Location(str(tmp_path)).uri("_runs/r1.ignored.jsonl") and log.count == 3
+    lines = (tmp_path / "_runs" / "r1.ignored.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [{"key": key} for key in keys], "keys are values, one a line"
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == [
+        "_runs/r1.ignored.jsonl"], "a key never names a file"
+    with pytest.raises(ValueError, match="after it was closed"):
+        log.write({"key": "late.txt"})
+    with dataset.failure_log("r1") as failures:
+        failures.add("part-00000", [{"image_id": "b.png", "source_uri": "file:///in/b.png", "error": "broken"}])
+    assert json.loads((tmp_path / "_runs" / "r1.failures.jsonl").read_text()) == {
+        "image_id": "b.png", "source_uri": "file:///in/b.png", "error": "broken", "shard": "part-00000"}
+    empty = dataset.ignored_log("r2")
+    empty.close()
+    assert empty.uri == "" and not (tmp_path / "_runs" / "r2.ignored.jsonl").exists()
+
+
+def test_a_marker_counts_the_rows_with_a_warning_when_there_are_some(tmp_path):
+    dataset = OutputDataset(Location(str(tmp_path)))
+    warned = dataclasses.replace(rows()[0], image_id="w.png", warning="the cut stopped at its work bound")
+    assert "images_warned" not in dataset.write("plain", rows(), {})
+    assert dataset.write("warned", [*rows(), warned], {})["images_warned"] == 1

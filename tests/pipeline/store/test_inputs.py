@@ -42,6 +42,37 @@ def test_a_listing_counts_every_ignored_file_and_keeps_only_the_first_keys(tmp_p
     assert found.ignored_keys == ["img-000.json", "img-000.txt", "img-001.json", "img-001.txt", "img-002.json"]
 
 
+def test_ignored_keys_go_to_the_attached_sink_in_key_order_the_early_ones_held_until_it_is_attached(tmp_path):
+    write_files(tmp_path, {".hidden.png": b"", "a.txt": b"", "b.json": b"", "c.png": b"x", "d.txt": b"",
+                           "sub/e.json": b"", "sub/f.jpg": b"x", "z.txt": b""})
+    found = listing(Location(str(tmp_path)))
+    assert found.first().key == "c.png" and found.ignored == 3, "listed up to the first image"
+    sunk: list[str] = []
+    found.attach(sunk.append)
+    assert sunk == [".hidden.png", "a.txt", "b.json"], "held until attached, then given at once"
+    files = iter(found)
+    assert next(files).key == "c.png" and sunk == [".hidden.png", "a.txt", "b.json"]
+    assert next(files).key == "sub/f.jpg"
+    assert sunk == [".hidden.png", "a.txt", "b.json", "d.txt", "sub/e.json"], "each given as it is listed"
+    assert next(files, None) is None
+    assert sunk == [".hidden.png", "a.txt", "b.json", "d.txt", "sub/e.json", "z.txt"] and found.ignored == 6
+    assert found.ignored_keys == sunk[:inputs.IGNORED_NAMED]
+
+
+def test_many_keys_ignored_before_the_sink_is_attached_are_held_out_of_memory_and_given_back_exactly(
+        tmp_path, monkeypatch):
+    """Keys are values from the input: odd characters (a newline, quotes) come back as they were listed."""
+    monkeypatch.setattr(inputs, "HELD_IN_MEMORY", 64)
+    odd = ['a "quoted"\nkey.txt', "b\\back.json", "c-\u00e9t\u00e9.txt"]
+    sidecars = [f"d-{i:03d}.txt" for i in range(40)]
+    write_files(tmp_path, {**{name: b"" for name in odd + sidecars}, "e.png": b"x"})
+    found = listing(Location(str(tmp_path)))  # holds 40 times HELD_IN_MEMORY: on disk
+    sunk: list[str] = []
+    found.attach(sunk.append)
+    assert sunk == sorted(odd + sidecars)
+    assert [file.key for file in found] == ["e.png"] and sunk == sorted(odd + sidecars)
+
+
 def test_records_of_an_image_shard_carry_ids_uris_and_bytes(tmp_path):
     files = good_images(2)
     write_files(tmp_path, files)
