@@ -30,16 +30,15 @@ import argparse
 import json
 import platform
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from benchmarks.timing import timed  # noqa: E402
 from diffseg import kway, ncut  # noqa: E402
 from diffseg.metrics import evaluate  # noqa: E402
 
@@ -90,23 +89,6 @@ def planted(family: str, size: int, noise: float, seed: int) -> tuple[torch.Tens
             directions[inner] = F.normalize(directions[inner - 1] + 1.7 * directions[inner], dim=0)
     features = directions[regions] + noise * torch.randn(size, size, CHANNELS, generator=generator) / CHANNELS**0.5
     return F.normalize(features, dim=-1), regions
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(step: Callable[[], Any], repeat: int, device: torch.device) -> tuple[Any, float]:
-    """`step()`'s result and its minimum seconds over `repeat` runs (after a warm-up when repeating)."""
-    times, result = [], None
-    for _ in range(repeat + (repeat > 1)):
-        synchronize(device)
-        start = time.perf_counter()
-        result = step()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return result, min(times[-repeat:])
 
 
 def run_case(family: str, size: int, noise: float, seed: int, repeat: int, device: torch.device) -> dict:

@@ -28,14 +28,13 @@ import argparse
 import json
 import platform
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
+from benchmarks.timing import timed  # noqa: E402
 from diffseg import DiffSegConfig  # noqa: E402
 from diffseg.aggregate import aggregate  # noqa: E402
 from diffseg.metrics import boundary_f_score, evaluate  # noqa: E402
@@ -48,23 +47,6 @@ TOLERANCE = 2.0
 """The boundary F-score's tolerance, pixels."""
 SCALES = (PAMR_SCALE, 4)
 """The detail grids PAMR alone is timed at, in cells per finest attention cell: DiffSeg's and DiffCut's."""
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(step: Callable[[], object], repeat: int, device: torch.device) -> tuple[object, float]:
-    """`step()`'s result and its minimum seconds over `repeat` runs (after a warm-up when repeating)."""
-    times, result = [], None
-    for _ in range(repeat + (repeat > 1)):
-        synchronize(device)
-        start = time.perf_counter()
-        result = step()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return result, min(times[-repeat:])
 
 
 def run_case(size: int, count: int, blur: float, seed: int, repeat: int, device: torch.device) -> dict:
