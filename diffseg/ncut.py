@@ -230,12 +230,13 @@ def assemble(cuts: Sequence[torch.Tensor], size: int, device: torch.device | str
 
 
 class Cut(NamedTuple):
-    """The labels of a recursion at one threshold, and whether it ended within its work bound."""
+    """The labels of a cut at one threshold (this recursion's, or kway's descent), and whether it ended within its
+    work bound."""
 
     labels: torch.Tensor
     """int64 labels 0..K-1, shaped as the caller says."""
     complete: bool
-    """False: the recursion stopped at `MAX_WORK`, with fewer segments than the threshold asks for."""
+    """False: it stopped at its bound (`MAX_WORK`; kway's also `kway.MAX_STEPS`), with the segments found so far."""
 
 
 def cuts_at(affinity: torch.Tensor, taus: Sequence[float], max_work: float = MAX_WORK) -> list[Cut]:
